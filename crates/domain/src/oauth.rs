@@ -1,0 +1,446 @@
+//! Pure OAuth 2.0 pieces: PKCE, state, the consent URL, and the resolution of a
+//! connection's effective provider settings from catalog, configuration and client.
+
+use std::collections::BTreeMap;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, Duration, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+use crate::config::OAuthSettings;
+use crate::provider::{Provider, ProviderSpec, TokenAuthMethod};
+use crate::DomainError;
+
+/// How long a consent URL's state stays valid.
+pub const STATE_TTL: Duration = Duration::minutes(10);
+
+/// A fresh `state` value (256 random bits) and the hash under which it is stored.
+#[derive(Debug)]
+pub struct State {
+    pub value: SecretString,
+    pub hash: String,
+}
+
+impl State {
+    pub fn from_random(bytes: [u8; 32]) -> Self {
+        let value = URL_SAFE_NO_PAD.encode(bytes);
+        let hash = Self::hash(&value);
+        Self {
+            value: SecretString::from(value),
+            hash,
+        }
+    }
+
+    /// The lookup key of a state: hex SHA-256, so the database never holds a usable state.
+    pub fn hash(value: &str) -> String {
+        hex_lower(&Sha256::digest(value.as_bytes()))
+    }
+}
+
+/// A PKCE (RFC 7636) verifier and its S256 challenge.
+#[derive(Debug)]
+pub struct Pkce {
+    pub verifier: SecretString,
+    pub challenge: String,
+}
+
+impl Pkce {
+    pub fn from_random(bytes: [u8; 32]) -> Self {
+        let verifier = URL_SAFE_NO_PAD.encode(bytes);
+        let challenge = Self::challenge_of(&verifier);
+        Self {
+            verifier: SecretString::from(verifier),
+            challenge,
+        }
+    }
+
+    pub fn challenge_of(verifier: &str) -> String {
+        URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+    }
+}
+
+pub(crate) fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A client registration: who we are at the provider.
+#[derive(Debug, Clone)]
+pub struct ClientCredentials {
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    pub auth_method: TokenAuthMethod,
+}
+
+/// Endpoints and behaviour learnt from an issuer's discovery document (RFC 8414).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiscoveredMetadata {
+    pub issuer: String,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub userinfo_endpoint: Option<String>,
+    pub revocation_endpoint: Option<String>,
+    /// RFC 9207: the provider promises an `iss` parameter on every authorization response.
+    pub authorization_response_iss_parameter_supported: bool,
+    pub token_endpoint_auth_methods_supported: Vec<String>,
+}
+
+/// Everything needed to talk to the provider for one connection.
+#[derive(Debug, Clone)]
+pub struct ResolvedProvider {
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub revocation_endpoint: Option<String>,
+    pub userinfo_endpoint: Option<String>,
+    pub issuer: Option<String>,
+    /// The callback must carry `iss` (RFC 9207) rather than merely match it when present.
+    pub require_iss: bool,
+    pub scopes: Vec<String>,
+    pub extra_authorization_params: BTreeMap<String, String>,
+    pub pkce: bool,
+    pub redirect_uri: String,
+    pub client: ClientCredentials,
+}
+
+/// Inputs to [`resolve`]: the connection's settings and where its client comes from.
+#[derive(Debug)]
+pub struct ResolveInput<'a> {
+    pub provider: Provider,
+    pub settings: &'a OAuthSettings,
+    /// A reusable client registration named by the connection, or the deployment default:
+    /// its settings (endpoints for generic clients) and secret.
+    pub registered_client: Option<(&'a OAuthSettings, Option<SecretString>)>,
+    /// The connection's own inline client secret.
+    pub inline_secret: Option<SecretString>,
+    pub discovered: Option<&'a DiscoveredMetadata>,
+    /// Our callback URL, used when the connection names no redirect_uri.
+    pub default_redirect_uri: &'a str,
+}
+
+/// Merges catalog, connection settings, client registration and discovery into the
+/// effective settings. Precedence: the connection, then its client, then discovery, then
+/// the catalog.
+pub fn resolve(input: ResolveInput<'_>) -> Result<ResolvedProvider, DomainError> {
+    let spec: Option<&ProviderSpec> = input.provider.spec();
+    let conn = input.settings;
+    let reg = input.registered_client.as_ref().map(|(s, _)| *s);
+    let pick = |f: fn(&OAuthSettings) -> Option<String>| f(conn).or_else(|| reg.and_then(f));
+    let tenant = pick(|s| s.tenant.clone())
+        .or_else(|| spec.and_then(|s| s.default_tenant).map(str::to_owned));
+    let disc = input.discovered;
+    let from_spec = |f: fn(&ProviderSpec) -> Option<&'static str>| {
+        spec.and_then(f)
+            .map(|t| ProviderSpec::endpoint(t, tenant.as_deref()))
+    };
+
+    let (client_id, client_secret) = match (&conn.client_id, &input.registered_client) {
+        (Some(id), _) => (id.clone(), input.inline_secret.clone()),
+        (None, Some((reg, secret))) => match &reg.client_id {
+            Some(id) => (id.clone(), secret.clone()),
+            None => return Err(DomainError::field("oauth2_client_id", "the registered client has no client_id")),
+        },
+        (None, None) => {
+            return Err(DomainError::field(
+                "oauth2_config.client_id",
+                format!(
+                    "no OAuth client configured for this {} connection: name one with oauth2_client_id, give oauth2_config.client_id, or set LATCHKEY_OAUTH_{}_CLIENT_ID and LATCHKEY_OAUTH_{}_CLIENT_SECRET",
+                    input.provider,
+                    input.provider.as_str().to_uppercase(),
+                    input.provider.as_str().to_uppercase()
+                ),
+            ))
+        }
+    };
+    let authorization_endpoint = pick(|s| s.authorization_endpoint.clone())
+        .or_else(|| disc.map(|d| d.authorization_endpoint.clone()))
+        .or_else(|| from_spec(|s| Some(s.authorization_endpoint)))
+        .ok_or_else(|| {
+            DomainError::field("oauth2_config.authorization_endpoint", "is not configured")
+        })?;
+    let token_endpoint = pick(|s| s.token_endpoint.clone())
+        .or_else(|| disc.map(|d| d.token_endpoint.clone()))
+        .or_else(|| from_spec(|s| Some(s.token_endpoint)))
+        .ok_or_else(|| DomainError::field("oauth2_config.token_endpoint", "is not configured"))?;
+    let userinfo_endpoint = pick(|s| s.userinfo_endpoint.clone())
+        .or_else(|| disc.and_then(|d| d.userinfo_endpoint.clone()))
+        .or_else(|| from_spec(|s| s.userinfo_endpoint));
+    let revocation_endpoint = pick(|s| s.revocation_endpoint.clone())
+        .or_else(|| disc.and_then(|d| d.revocation_endpoint.clone()))
+        .or_else(|| from_spec(|s| s.revocation_endpoint));
+    let issuer = pick(|s| s.issuer.clone())
+        .or_else(|| disc.map(|d| d.issuer.clone()))
+        .or_else(|| from_spec(|s| s.issuer));
+    let require_iss = disc.is_some_and(|d| d.authorization_response_iss_parameter_supported);
+
+    let auth_method = conn
+        .token_endpoint_auth_method
+        .or_else(|| reg.and_then(|r| r.token_endpoint_auth_method))
+        .or_else(|| spec.map(|s| s.token_auth))
+        .unwrap_or(if client_secret.is_some() {
+            TokenAuthMethod::ClientSecretBasic
+        } else {
+            TokenAuthMethod::None
+        });
+    if auth_method != TokenAuthMethod::None && client_secret.is_none() {
+        return Err(DomainError::field(
+            "oauth2_config.client_secret",
+            format!(
+                "the client authenticates with {} but has no client secret",
+                auth_method.as_str()
+            ),
+        ));
+    }
+
+    let mut scopes: Vec<String> = match &conn.scopes {
+        Some(s) => s.clone(),
+        None => spec
+            .map(|s| s.default_scopes.iter().map(|s| (*s).to_owned()).collect())
+            .unwrap_or_default(),
+    };
+    for req in spec.map(|s| s.required_scopes).unwrap_or(&[]) {
+        if !scopes.iter().any(|s| s == req) {
+            scopes.push((*req).to_owned());
+        }
+    }
+    let mut extra: BTreeMap<String, String> = spec
+        .map(|s| {
+            s.extra_authorization_params
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(r) = reg {
+        extra.extend(r.extra_authorization_params.clone());
+    }
+    extra.extend(conn.extra_authorization_params.clone());
+    let pkce = conn
+        .pkce
+        .or_else(|| reg.and_then(|r| r.pkce))
+        .unwrap_or_else(|| spec.is_none_or(|s| s.pkce));
+    let redirect_uri =
+        pick(|s| s.redirect_uri.clone()).unwrap_or_else(|| input.default_redirect_uri.to_owned());
+
+    Ok(ResolvedProvider {
+        authorization_endpoint,
+        token_endpoint,
+        revocation_endpoint,
+        userinfo_endpoint,
+        issuer,
+        require_iss,
+        scopes,
+        extra_authorization_params: extra,
+        pkce,
+        redirect_uri,
+        client: ClientCredentials {
+            client_id,
+            client_secret,
+            auth_method,
+        },
+    })
+}
+
+/// Builds the consent URL.
+pub fn authorization_url(
+    provider: &ResolvedProvider,
+    state: &State,
+    pkce: Option<&Pkce>,
+) -> Result<url::Url, DomainError> {
+    let mut url = url::Url::parse(&provider.authorization_endpoint).map_err(|e| {
+        DomainError::field("authorization_endpoint", format!("not a valid URL: {e}"))
+    })?;
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("response_type", "code");
+        q.append_pair("client_id", &provider.client.client_id);
+        q.append_pair("redirect_uri", &provider.redirect_uri);
+        if !provider.scopes.is_empty() {
+            q.append_pair("scope", &provider.scopes.join(" "));
+        }
+        q.append_pair("state", state.value.expose_secret());
+        if let Some(p) = pkce {
+            q.append_pair("code_challenge", &p.challenge);
+            q.append_pair("code_challenge_method", "S256");
+        }
+        for (k, v) in &provider.extra_authorization_params {
+            q.append_pair(k, v);
+        }
+    }
+    Ok(url)
+}
+
+/// What a token endpoint answered, already parsed.
+#[derive(Debug, Clone)]
+pub struct TokenResponse {
+    pub access_token: SecretString,
+    pub refresh_token: Option<SecretString>,
+    pub token_type: String,
+    pub expires_in: Option<Duration>,
+    /// Granted scopes, when the provider says (else the requested ones stand).
+    pub scopes: Option<Vec<String>>,
+}
+
+impl TokenResponse {
+    /// The expiry of the access token, counted from when the request was *sent*, so that
+    /// network latency never makes us believe a token lives longer than it does.
+    pub fn expires_at(&self, sent_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.expires_in.map(|d| sent_at + d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse_config, UrlPolicy};
+    use crate::connection::ConnectionType;
+    use serde_json::json;
+
+    fn settings(kind: &str, config: serde_json::Value) -> OAuthSettings {
+        let kind: ConnectionType = kind.parse().unwrap();
+        parse_config(kind, &config, UrlPolicy::default())
+            .unwrap()
+            .oauth
+            .unwrap()
+    }
+
+    #[test]
+    fn pkce_s256_matches_an_independent_implementation() {
+        assert_eq!(
+            Pkce::challenge_of("dBjftJeZ4CVP-mB92K27uhbUJU1p1r7wW1gFWFOEjXk"),
+            // python3: base64.urlsafe_b64encode(hashlib.sha256(verifier).digest()).rstrip(b"=")
+            "bwWFMyPfdG9qreDhH2lmftFx_dFeLDalzcT1gb_j68g"
+        );
+        let p = Pkce::from_random([1; 32]);
+        assert_eq!(p.verifier.expose_secret().len(), 43);
+    }
+
+    #[test]
+    fn state_is_256_bits_and_hashed() {
+        let a = State::from_random([1; 32]);
+        let b = State::from_random([2; 32]);
+        assert_ne!(a.hash, b.hash);
+        assert_eq!(a.hash, State::hash(a.value.expose_secret()));
+        assert_eq!(a.hash.len(), 64);
+    }
+
+    #[test]
+    fn google_consent_url_carries_its_quirks() {
+        let s = settings(
+            "google",
+            json!({"oauth2_config": {"client_id": "cid", "client_secret": "cs"}}),
+        );
+        let r = resolve(ResolveInput {
+            provider: Provider::Google,
+            settings: &s,
+            registered_client: None,
+            inline_secret: Some(SecretString::from("cs")),
+            discovered: None,
+            default_redirect_uri: "https://lk.example/v1/connections/oauth2/callback",
+        })
+        .unwrap();
+        let state = State::from_random([3; 32]);
+        let pkce = Pkce::from_random([4; 32]);
+        let url = authorization_url(&r, &state, Some(&pkce)).unwrap();
+        let q: BTreeMap<String, String> = url.query_pairs().into_owned().collect();
+        assert_eq!(url.host_str(), Some("accounts.google.com"));
+        assert_eq!(q["access_type"], "offline");
+        assert_eq!(q["prompt"], "consent");
+        assert_eq!(q["code_challenge_method"], "S256");
+        assert_eq!(q["code_challenge"], pkce.challenge);
+        assert_eq!(
+            q["redirect_uri"],
+            "https://lk.example/v1/connections/oauth2/callback"
+        );
+        assert_eq!(
+            q["scope"],
+            "https://www.googleapis.com/auth/userinfo.email https://www.googleapis.com/auth/userinfo.profile https://www.googleapis.com/auth/drive.readonly"
+        );
+        assert_eq!(r.client.auth_method, TokenAuthMethod::ClientSecretPost);
+    }
+
+    #[test]
+    fn microsoft_adds_offline_access_and_tenant() {
+        let s = settings(
+            "microsoft",
+            json!({"scopes": ["User.Read"], "oauth2_config": {"client_id": "c", "client_secret": "s", "tenant": "contoso"}}),
+        );
+        let r = resolve(ResolveInput {
+            provider: Provider::Microsoft,
+            settings: &s,
+            registered_client: None,
+            inline_secret: Some(SecretString::from("s")),
+            discovered: None,
+            default_redirect_uri: "https://cb",
+        })
+        .unwrap();
+        assert_eq!(r.scopes, ["User.Read", "offline_access"]);
+        assert_eq!(
+            r.token_endpoint,
+            "https://login.microsoftonline.com/contoso/oauth2/v2.0/token"
+        );
+    }
+
+    #[test]
+    fn missing_client_says_how_to_configure_one() {
+        let s = settings("box", json!({}));
+        let err = resolve(ResolveInput {
+            provider: Provider::Box,
+            settings: &s,
+            registered_client: None,
+            inline_secret: None,
+            discovered: None,
+            default_redirect_uri: "https://cb",
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("LATCHKEY_OAUTH_BOX_CLIENT_ID"), "{err}");
+    }
+
+    #[test]
+    fn registered_client_and_discovery_fill_the_gaps() {
+        let conn = settings(
+            "oauth2",
+            json!({"oauth2_client_id": "x", "scopes": ["openid"]}),
+        );
+        let reg = OAuthSettings {
+            client_id: Some("reg".into()),
+            issuer: Some("https://idp".into()),
+            ..Default::default()
+        };
+        let disc = DiscoveredMetadata {
+            issuer: "https://idp".into(),
+            authorization_endpoint: "https://idp/auth".into(),
+            token_endpoint: "https://idp/token".into(),
+            authorization_response_iss_parameter_supported: true,
+            ..Default::default()
+        };
+        let r = resolve(ResolveInput {
+            provider: Provider::Generic,
+            settings: &conn,
+            registered_client: Some((&reg, Some(SecretString::from("rs")))),
+            inline_secret: None,
+            discovered: Some(&disc),
+            default_redirect_uri: "https://cb",
+        })
+        .unwrap();
+        assert_eq!(r.client.client_id, "reg");
+        assert_eq!(r.token_endpoint, "https://idp/token");
+        assert!(r.require_iss);
+        assert!(r.pkce);
+        assert_eq!(r.client.auth_method, TokenAuthMethod::ClientSecretBasic);
+    }
+
+    #[test]
+    fn expiry_counts_from_the_request() {
+        let sent = DateTime::from_timestamp(1_000, 0).unwrap();
+        let t = TokenResponse {
+            access_token: SecretString::from("a"),
+            refresh_token: None,
+            token_type: "Bearer".into(),
+            expires_in: Some(Duration::seconds(60)),
+            scopes: None,
+        };
+        assert_eq!(t.expires_at(sent), DateTime::from_timestamp(1_060, 0));
+    }
+}
