@@ -1,1 +1,137 @@
+//! # latchkey-app
+//!
+//! The use cases of Latchkey over the ports: manage connections, run the OAuth consent
+//! flow, hand out credentials, refresh and expire grants, manage OAuth clients and
+//! access keys. No adapter is known here: everything comes in through [`Services`].
 
+mod access;
+mod clients;
+mod connections;
+mod error;
+mod oauth_flow;
+mod refresh;
+mod seal;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+
+use latchkey_domain::{EventId, Provider, RefreshPolicy, UrlPolicy};
+use latchkey_ports::{
+    AccessKeyStore, AuthSessionStore, Cipher, Clock, ConnectionStore, Entropy, OAuthClientStore,
+    ProviderClient,
+};
+
+pub use access::{IssuedKey, Principal};
+pub use clients::CreateOAuthClient;
+pub use connections::{
+    ConnectionDetails, CreateConnection, Credentials, ListPage, UpdateConnection,
+};
+pub use error::{AppError, CallbackError};
+pub use oauth_flow::{CallbackOutcome, CallbackParams};
+pub use refresh::{CycleReport, RefreshOutcome};
+
+/// The ports, as wired by the binary.
+#[derive(Clone)]
+pub struct Services {
+    pub connections: Arc<dyn ConnectionStore>,
+    pub sessions: Arc<dyn AuthSessionStore>,
+    pub clients: Arc<dyn OAuthClientStore>,
+    pub keys: Arc<dyn AccessKeyStore>,
+    pub cipher: Arc<dyn Cipher>,
+    pub provider: Arc<dyn ProviderClient>,
+    pub clock: Arc<dyn Clock>,
+    pub entropy: Arc<dyn Entropy>,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Services { .. }")
+    }
+}
+
+/// A deployment's own app registration for a catalog provider
+/// (`LATCHKEY_OAUTH_<PROVIDER>_CLIENT_ID` / `_CLIENT_SECRET`).
+#[derive(Debug, Clone)]
+pub struct DefaultClient {
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+}
+
+/// Behaviour settings, from configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Our public callback URL (`<public url>/v1/connections/oauth2/callback`).
+    pub callback_url: String,
+    pub url_policy: UrlPolicy,
+    pub refresh: RefreshPolicy,
+    pub default_clients: HashMap<Provider, DefaultClient>,
+    /// Names this process in refresh leases, for diagnostics.
+    pub worker_id: String,
+    /// How many refreshes one cycle runs at once.
+    pub refresh_concurrency: usize,
+    /// How many due connections one cycle picks up.
+    pub refresh_batch: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            callback_url: "http://127.0.0.1:8080/v1/connections/oauth2/callback".into(),
+            url_policy: UrlPolicy::default(),
+            refresh: RefreshPolicy::default(),
+            default_clients: HashMap::new(),
+            worker_id: "latchkey".into(),
+            refresh_concurrency: 8,
+            refresh_batch: 500,
+        }
+    }
+}
+
+/// The application: every use case is a method.
+#[derive(Debug)]
+pub struct Latchkey {
+    svc: Services,
+    settings: Settings,
+    /// One in-process lock per connection being refreshed, so concurrent callers share
+    /// one refresh. Across processes the store's lease does the same.
+    refresh_locks: refresh::LockMap,
+    discovery: oauth_flow::DiscoveryCache,
+}
+
+impl Latchkey {
+    pub fn new(svc: Services, settings: Settings) -> Self {
+        Self {
+            svc,
+            settings,
+            refresh_locks: Default::default(),
+            discovery: Default::default(),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.svc.clock.now()
+    }
+
+    fn random<const N: usize>(&self) -> [u8; N] {
+        let mut b = [0u8; N];
+        self.svc.entropy.fill(&mut b);
+        b
+    }
+
+    fn new_event_id(&self) -> EventId {
+        EventId::from_random_bytes(self.random())
+    }
+
+    /// A number in `[0, 1)` for back-off jitter.
+    fn jitter(&self) -> f64 {
+        let b: [u8; 8] = self.random();
+        (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}

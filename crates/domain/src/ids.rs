@@ -130,6 +130,20 @@ slug_id!(
     "flow_id"
 );
 
+/// Parses a UUID in its 32-hex-digit simple form (as used inside access keys).
+pub fn parse_simple_uuid(s: &str) -> Result<Uuid, DomainError> {
+    if s.len() != 32 {
+        return Err(DomainError::InvalidId {
+            what: "key id",
+            value: truncate(s),
+        });
+    }
+    Uuid::try_parse(s).map_err(|_| DomainError::InvalidId {
+        what: "key id",
+        value: truncate(s),
+    })
+}
+
 /// Keeps echoed bad input short in error messages.
 fn truncate(s: &str) -> String {
     s.chars().take(64).collect()

@@ -76,8 +76,10 @@ pub trait ConnectionStore: Send + Sync {
         query: &ConnectionQuery,
     ) -> Result<Vec<Connection>, StoreError>;
 
-    /// Writes every column of `connection` if the stored version is `expected_version`,
-    /// with `events` in the same transaction. `Conflict` otherwise; `NotFound` if gone;
+    /// Writes every column of `connection` except the refresh lease (`lease_owner`,
+    /// `lease_until`: only the claim/save/release methods touch those, so a rename never
+    /// clobbers a refresh in flight) if the stored version is `expected_version`, with
+    /// `events` in the same transaction. `Conflict` otherwise; `NotFound` if gone;
     /// `Duplicate("name")` on a name clash.
     async fn update_connection(
         &self,

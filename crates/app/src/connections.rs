@@ -1,0 +1,434 @@
+//! Managing connections and handing out their credentials.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use serde_json::Value;
+
+use latchkey_domain::sealed::fields;
+use latchkey_domain::{
+    initial_status, parse_config, Connection, ConnectionEvent, ConnectionId, ConnectionName,
+    ConnectionType, DomainError, FlowId, LifecycleEvent, OAuthClientId, ProjectId, RefreshSchedule,
+    Scope, SealContext, Status, Usage,
+};
+use latchkey_ports::{ConnectionQuery, StoreError};
+
+use crate::{AppError, Latchkey, Principal};
+
+/// Input of [`Latchkey::create_connection`], as the API received it.
+#[derive(Debug, Clone)]
+pub struct CreateConnection {
+    pub project_id: String,
+    pub name: String,
+    pub kind: String,
+    pub config: Value,
+    pub oauth2_client_id: Option<String>,
+}
+
+/// Input of [`Latchkey::update_connection`]: every field optional.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateConnection {
+    pub name: Option<String>,
+    /// Replaces the whole configuration (and so the secret fields) of a non-OAuth connection.
+    pub config: Option<Value>,
+    /// When given, the update applies only to this version (optimistic concurrency).
+    pub version: Option<i64>,
+}
+
+/// A connection with where it is used.
+#[derive(Debug, Clone)]
+pub struct ConnectionDetails {
+    pub connection: Connection,
+    pub used_by: Vec<Usage>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    pub items: Vec<Connection>,
+    /// Pass as `after` to get the next page; `None` on the last page.
+    pub next_cursor: Option<ConnectionId>,
+}
+
+/// The usable secret of a connection, for a workflow execution.
+#[derive(Debug)]
+pub enum Credentials {
+    ApiKey {
+        api_key: SecretString,
+    },
+    Basic {
+        username: String,
+        password: SecretString,
+    },
+    /// Every field, secret or not, by name.
+    Custom {
+        fields: BTreeMap<String, SecretString>,
+    },
+    OAuth {
+        access_token: SecretString,
+        token_type: String,
+        expires_at: Option<DateTime<Utc>>,
+        scopes: Vec<String>,
+    },
+}
+
+/// How many connections a page holds at most.
+pub const MAX_PAGE: u32 = 200;
+/// How often a read-modify-write without a client version is retried on a concurrent write.
+const UPDATE_ATTEMPTS: usize = 3;
+
+impl Latchkey {
+    pub(crate) fn secrets_ctx(c: &Connection) -> SealContext {
+        SealContext::new(c.project_id.as_str(), c.id, fields::SECRETS)
+    }
+
+    /// Loads a connection the caller may see, or NotFound.
+    pub(crate) async fn visible_connection(
+        &self,
+        principal: &Principal,
+        id: ConnectionId,
+    ) -> Result<Connection, AppError> {
+        match self.svc.connections.get_connection(id).await? {
+            Some(c) if principal.sees(&c.project_id) => Ok(c),
+            _ => Err(AppError::NotFound("connection")),
+        }
+    }
+
+    pub(crate) fn event(
+        &self,
+        c: &Connection,
+        from: Option<Status>,
+        kind: &str,
+        reason: Option<String>,
+    ) -> ConnectionEvent {
+        ConnectionEvent {
+            id: self.new_event_id(),
+            connection_id: c.id,
+            at: self.now(),
+            from,
+            to: c.status,
+            kind: kind.to_owned(),
+            reason,
+        }
+    }
+
+    pub async fn create_connection(
+        &self,
+        principal: &Principal,
+        input: CreateConnection,
+    ) -> Result<Connection, AppError> {
+        principal.require(Scope::ConnectionsWrite)?;
+        let project_id = ProjectId::parse(&input.project_id)?;
+        if !principal.sees(&project_id) {
+            return Err(AppError::Forbidden(
+                "this access key belongs to another project".into(),
+            ));
+        }
+        let name = ConnectionName::parse(&input.name)?;
+        let kind: ConnectionType = input.kind.parse()?;
+        let mut config = input.config;
+        // The reference API puts oauth2_client_id at the top level; accept it inside config too.
+        let client_ref = match input.oauth2_client_id {
+            Some(id) => Some(id),
+            None => config
+                .get("oauth2_client_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        };
+        if let Some(obj) = config.as_object_mut() {
+            obj.remove("oauth2_client_id");
+        }
+        if config.is_null() && kind.is_oauth() {
+            config = Value::Object(Default::default());
+        }
+        if client_ref.is_some() {
+            if let Some(obj) = config.as_object_mut() {
+                // Marks the reference for validation, which then needs no client_id of its own.
+                obj.insert("oauth2_client_id".into(), Value::Bool(true));
+            }
+        }
+        let parsed = parse_config(kind, &config, self.settings.url_policy)?;
+        let oauth2_client_id = match client_ref {
+            None => None,
+            Some(raw) => {
+                if !kind.is_oauth() {
+                    return Err(DomainError::InvalidField {
+                        field: "oauth2_client_id".into(),
+                        reason: "only OAuth connections use a client registration".into(),
+                    }
+                    .into());
+                }
+                let id: OAuthClientId = raw.parse()?;
+                let client = self.svc.clients.get_oauth_client(id).await?;
+                match client {
+                    Some(c) if c.project_id.as_ref().is_none_or(|p| *p == project_id) => {
+                        if c.kind != kind {
+                            return Err(DomainError::InvalidField {
+                                field: "oauth2_client_id".into(),
+                                reason: format!(
+                                    "the client is registered for {}, not {}",
+                                    c.kind, kind
+                                ),
+                            }
+                            .into());
+                        }
+                        Some(id)
+                    }
+                    _ => return Err(AppError::NotFound("oauth2 client")),
+                }
+            }
+        };
+        let now = self.now();
+        let mut connection = Connection {
+            id: ConnectionId::from_random_bytes(self.random()),
+            project_id,
+            name,
+            kind,
+            status: initial_status(kind),
+            config: parsed.public,
+            secrets: None,
+            oauth2_client_id,
+            grant: None,
+            authorized_user: None,
+            refresh: RefreshSchedule::default(),
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+            last_used_at: None,
+            version: 1,
+        };
+        // Sealed before anything is written: a cipher failure saves nothing.
+        connection.secrets = self.seal_fields(&parsed.secrets, &Self::secrets_ctx(&connection))?;
+        let event = self.event(&connection, None, "created", None);
+        self.svc
+            .connections
+            .insert_connection(&connection, &event)
+            .await
+            .map_err(|e| match e {
+                StoreError::Duplicate(_) => AppError::NameTaken("connection"),
+                other => other.into(),
+            })?;
+        tracing::info!(connection = %connection.id, project = %connection.project_id, kind = %kind, "connection created");
+        Ok(connection)
+    }
+
+    pub async fn get_connection(
+        &self,
+        principal: &Principal,
+        id: ConnectionId,
+    ) -> Result<ConnectionDetails, AppError> {
+        principal.require(Scope::ConnectionsRead)?;
+        let connection = self.visible_connection(principal, id).await?;
+        let used_by = self.svc.connections.list_usages(id).await?;
+        Ok(ConnectionDetails {
+            connection,
+            used_by,
+        })
+    }
+
+    pub async fn list_connections(
+        &self,
+        principal: &Principal,
+        project_id: Option<&str>,
+        status: Option<&str>,
+        kind: Option<&str>,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<ListPage, AppError> {
+        principal.require(Scope::ConnectionsRead)?;
+        let project = match (
+            project_id.map(ProjectId::parse).transpose()?,
+            principal.project(),
+        ) {
+            (Some(p), Some(mine)) if &p != mine => {
+                return Ok(ListPage {
+                    items: vec![],
+                    next_cursor: None,
+                })
+            }
+            (Some(p), _) => Some(p),
+            (None, mine) => mine.cloned(),
+        };
+        let limit = limit.unwrap_or(50);
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(DomainError::InvalidField {
+                field: "limit".into(),
+                reason: "must be 1 to 200".into(),
+            }
+            .into());
+        }
+        let query = ConnectionQuery {
+            project_id: project,
+            status: status.map(str::parse).transpose()?,
+            kind: kind.map(str::parse).transpose()?,
+            after: after.map(str::parse).transpose()?,
+            limit: limit + 1,
+        };
+        let mut items = self.svc.connections.list_connections(&query).await?;
+        let next_cursor = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|c| c.id)
+        } else {
+            None
+        };
+        Ok(ListPage { items, next_cursor })
+    }
+
+    pub async fn update_connection(
+        &self,
+        principal: &Principal,
+        id: ConnectionId,
+        patch: UpdateConnection,
+    ) -> Result<Connection, AppError> {
+        principal.require(Scope::ConnectionsWrite)?;
+        let name = patch
+            .name
+            .as_deref()
+            .map(ConnectionName::parse)
+            .transpose()?;
+        let attempts = if patch.version.is_some() {
+            1
+        } else {
+            UPDATE_ATTEMPTS
+        };
+        for attempt in 1..=attempts {
+            let mut c = self.visible_connection(principal, id).await?;
+            if let Some(v) = patch.version {
+                if v != c.version {
+                    return Err(AppError::VersionConflict { current: c.version });
+                }
+            }
+            let read_version = c.version;
+            let now = self.now();
+            let mut events = Vec::new();
+            if let Some(name) = &name {
+                c.rename(name.clone(), now);
+            }
+            if let Some(config) = &patch.config {
+                if c.kind.is_oauth() {
+                    return Err(DomainError::ConfigLocked.into());
+                }
+                let parsed = parse_config(c.kind, config, self.settings.url_policy)?;
+                if let Some((from, _)) = c.apply(LifecycleEvent::SecretReplaced, now)? {
+                    events.push(self.event(&c, Some(from), "secret_replaced", None));
+                }
+                c.config = parsed.public;
+                c.secrets = self.seal_fields(&parsed.secrets, &Self::secrets_ctx(&c))?;
+            }
+            c.version = read_version + 1;
+            match self
+                .svc
+                .connections
+                .update_connection(&c, read_version, &events)
+                .await
+            {
+                Ok(()) => return Ok(c),
+                Err(StoreError::Conflict) if attempt < attempts => continue,
+                Err(StoreError::Conflict) => {
+                    let current = self
+                        .svc
+                        .connections
+                        .get_connection(id)
+                        .await?
+                        .map(|c| c.version)
+                        .unwrap_or(-1);
+                    return Err(AppError::VersionConflict { current });
+                }
+                Err(StoreError::Duplicate(_)) => return Err(AppError::NameTaken("connection")),
+                Err(StoreError::NotFound) => return Err(AppError::NotFound("connection")),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AppError::Internal(
+            "update loop ended without result".into(),
+        ))
+    }
+
+    /// Deletes a connection. An OAuth grant is revoked at the provider first when it has
+    /// a revocation endpoint; the stored tokens are deleted whatever the provider answers.
+    pub async fn delete_connection(
+        &self,
+        principal: &Principal,
+        id: ConnectionId,
+    ) -> Result<(), AppError> {
+        principal.require(Scope::ConnectionsWrite)?;
+        let c = self.visible_connection(principal, id).await?;
+        if c.grant.is_some() {
+            if let Err(e) = self.revoke_grant(&c).await {
+                tracing::warn!(connection = %c.id, error = %e, "revoking the grant at the provider failed; deleting the stored tokens anyway");
+            }
+        }
+        if self.svc.connections.delete_connection(id).await? {
+            tracing::info!(connection = %id, "connection deleted");
+            Ok(())
+        } else {
+            Err(AppError::NotFound("connection"))
+        }
+    }
+
+    pub async fn connection_events(
+        &self,
+        principal: &Principal,
+        id: ConnectionId,
+    ) -> Result<Vec<ConnectionEvent>, AppError> {
+        principal.require(Scope::ConnectionsRead)?;
+        self.visible_connection(principal, id).await?;
+        Ok(self.svc.connections.list_events(id).await?)
+    }
+
+    /// The usable secret for a workflow execution. OAuth tokens inside the refresh
+    /// margin are refreshed first. Records the use (and the flow, when named).
+    pub async fn fetch_credentials(
+        &self,
+        principal: &Principal,
+        id: ConnectionId,
+        flow: Option<&str>,
+    ) -> Result<Credentials, AppError> {
+        principal.require(Scope::CredentialsRead)?;
+        let flow = flow.map(FlowId::parse).transpose()?;
+        let c = self.visible_connection(principal, id).await?;
+        let creds = match c.kind {
+            ConnectionType::OAuth(_) => self.oauth_credentials(c).await?,
+            _ => {
+                let secrets = self.open_fields(c.secrets.as_ref(), &Self::secrets_ctx(&c))?;
+                let take = |k: &str| {
+                    secrets
+                        .get(k)
+                        .cloned()
+                        .ok_or_else(|| AppError::Internal(format!("stored secrets lack {k}")))
+                };
+                match c.kind {
+                    ConnectionType::ApiKey => Credentials::ApiKey {
+                        api_key: take("api_key")?,
+                    },
+                    ConnectionType::Basic => Credentials::Basic {
+                        username: c
+                            .config
+                            .get("username")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        password: take("password")?,
+                    },
+                    _ => {
+                        let mut fields: BTreeMap<String, SecretString> = secrets.0.clone();
+                        if let Some(public) = c.config.get("fields").and_then(Value::as_object) {
+                            for (k, v) in public {
+                                if let Some(value) = v.get("value").and_then(Value::as_str) {
+                                    fields.insert(k.clone(), SecretString::from(value.to_owned()));
+                                }
+                            }
+                        }
+                        Credentials::Custom { fields }
+                    }
+                }
+            }
+        };
+        self.svc
+            .connections
+            .record_usage(id, flow, self.now())
+            .await?;
+        Ok(creds)
+    }
+}

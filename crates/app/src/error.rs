@@ -1,0 +1,82 @@
+use latchkey_domain::DomainError;
+use latchkey_ports::{CipherError, OAuthError, StoreError};
+
+/// Why a use case failed. The API maps each variant to a status and a stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Bad input or an illegal step, per the domain rules.
+    #[error(transparent)]
+    Invalid(#[from] DomainError),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The caller's key lacks a scope, or the action is admin-only.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The record changed since the caller read it.
+    #[error("the connection was changed concurrently (version {current} is current); re-read it and retry")]
+    VersionConflict { current: i64 },
+    #[error("a {0} with this name already exists in the project")]
+    NameTaken(&'static str),
+    #[error("{0}")]
+    InUse(String),
+    /// The action does not fit the connection's type or status.
+    #[error("{message}")]
+    State { code: &'static str, message: String },
+    /// The provider failed or refused; the message is safe to show.
+    #[error("{0}")]
+    Provider(#[from] OAuthError),
+    /// Something on our side failed (database, cipher). Logged, never shown.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => AppError::NotFound("record"),
+            StoreError::Duplicate(what) => AppError::NameTaken(what),
+            StoreError::InUse(m) => AppError::InUse(m),
+            StoreError::Conflict => AppError::VersionConflict { current: -1 },
+            StoreError::Backend(m) => AppError::Internal(format!("store: {m}")),
+        }
+    }
+}
+
+impl From<CipherError> for AppError {
+    fn from(e: CipherError) -> Self {
+        AppError::Internal(format!("cipher: {e}"))
+    }
+}
+
+/// Why an OAuth callback was refused. Shown on the callback page.
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackError {
+    #[error(
+        "the authorization link is unknown or was already used; start the authorization again"
+    )]
+    UnknownState,
+    #[error("the authorization link expired; start the authorization again")]
+    ExpiredState,
+    #[error("the callback is missing the {0} parameter")]
+    MissingParameter(&'static str),
+    #[error("the callback came from an unexpected issuer; the authorization was refused")]
+    IssuerMismatch,
+    #[error("the connection no longer exists")]
+    ConnectionGone,
+    #[error("the provider refused the authorization: {0}")]
+    Denied(String),
+    #[error("the provider did not issue tokens: {0}")]
+    Exchange(OAuthError),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<AppError> for CallbackError {
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::NotFound(_) => CallbackError::ConnectionGone,
+            AppError::Provider(p) => CallbackError::Exchange(p),
+            other => CallbackError::Internal(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! The OAuth consent flow: consent URL, callback, and the provider settings behind both.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Duration, Utc};
+use secrecy::{ExposeSecret, SecretString};
+
+use latchkey_domain::oauth::{
+    self, DiscoveredMetadata, Pkce, ResolveInput, ResolvedProvider, State,
+};
+use latchkey_domain::sealed::fields;
+use latchkey_domain::{
+    AuthSession, Connection, ConnectionId, Grant, LifecycleEvent, OAuthClient, OAuthSettings,
+    ProjectId, Provider, RefreshSchedule, Scope, SealContext, Status,
+};
+use latchkey_ports::{CodeExchange, Revocation, StoreError};
+
+use crate::{AppError, CallbackError, Latchkey, Principal};
+
+/// How long a discovery document is trusted before it is fetched again.
+const DISCOVERY_TTL: Duration = Duration::hours(1);
+/// How often the callback retries its write when a refresh or rename raced it.
+const CALLBACK_WRITE_ATTEMPTS: usize = 5;
+
+/// Discovery documents by issuer.
+#[derive(Debug, Default)]
+pub(crate) struct DiscoveryCache(Mutex<HashMap<String, (DateTime<Utc>, DiscoveredMetadata)>>);
+
+/// The query of a callback request.
+#[derive(Debug, Default, Clone)]
+pub struct CallbackParams {
+    pub state: Option<String>,
+    pub code: Option<SecretString>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+    pub iss: Option<String>,
+}
+
+/// A completed authorization.
+#[derive(Debug, Clone)]
+pub struct CallbackOutcome {
+    pub connection_id: ConnectionId,
+    pub project_id: ProjectId,
+    pub name: String,
+    pub status: Status,
+}
+
+impl Latchkey {
+    fn client_secret_ctx(client: &OAuthClient) -> SealContext {
+        let project = client
+            .project_id
+            .as_ref()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "*".into());
+        SealContext::new(project, client.id, fields::CLIENT_SECRET)
+    }
+
+    pub(crate) fn seal_client_secret(
+        &self,
+        client: &OAuthClient,
+        secret: &SecretString,
+    ) -> Result<latchkey_domain::Sealed, AppError> {
+        self.seal_str(secret, &Self::client_secret_ctx(client))
+    }
+
+    async fn discovered(&self, issuer: &str) -> Result<DiscoveredMetadata, AppError> {
+        let now = self.now();
+        if let Ok(cache) = self.discovery.0.lock() {
+            if let Some((at, meta)) = cache.get(issuer) {
+                if now - *at < DISCOVERY_TTL {
+                    return Ok(meta.clone());
+                }
+            }
+        }
+        let meta = self.svc.provider.discover(issuer.to_owned()).await?;
+        if let Ok(mut cache) = self.discovery.0.lock() {
+            cache.insert(issuer.to_owned(), (now, meta.clone()));
+        }
+        Ok(meta)
+    }
+
+    /// The effective provider settings of an OAuth connection.
+    pub(crate) async fn resolve_provider(
+        &self,
+        c: &Connection,
+    ) -> Result<ResolvedProvider, AppError> {
+        let provider = c.kind.provider().ok_or_else(|| AppError::State {
+            code: "not_oauth",
+            message: format!("a {} connection has no OAuth flow", c.kind),
+        })?;
+        let settings = OAuthSettings::from_public_json(&c.config);
+        let inline_secret = self
+            .open_fields(c.secrets.as_ref(), &Self::secrets_ctx(c))?
+            .get("client_secret")
+            .cloned();
+        let registered: Option<(OAuthSettings, Option<SecretString>)> = match c.oauth2_client_id {
+            Some(id) => {
+                let client = self
+                    .svc
+                    .clients
+                    .get_oauth_client(id)
+                    .await?
+                    .ok_or_else(|| AppError::State {
+                        code: "oauth2_client_missing",
+                        message: "the connection's OAuth client registration was deleted".into(),
+                    })?;
+                let secret = client
+                    .client_secret
+                    .as_ref()
+                    .map(|s| self.open_str(s, &Self::client_secret_ctx(&client)))
+                    .transpose()?;
+                Some((OAuthSettings::from_public_json(&client.config), secret))
+            }
+            None if settings.client_id.is_none() => {
+                self.settings.default_clients.get(&provider).map(|d| {
+                    (
+                        OAuthSettings {
+                            client_id: Some(d.client_id.clone()),
+                            ..Default::default()
+                        },
+                        d.client_secret.clone(),
+                    )
+                })
+            }
+            None => None,
+        };
+        let issuer = settings
+            .issuer
+            .clone()
+            .or_else(|| registered.as_ref().and_then(|(r, _)| r.issuer.clone()));
+        let discovered = match (&issuer, provider) {
+            (Some(iss), Provider::Generic) => Some(self.discovered(iss).await?),
+            _ => None,
+        };
+        Ok(oauth::resolve(ResolveInput {
+            provider,
+            settings: &settings,
+            registered_client: registered.as_ref().map(|(s, secret)| (s, secret.clone())),
+            inline_secret,
+            discovered: discovered.as_ref(),
+            default_redirect_uri: &self.settings.callback_url,
+        })?)
+    }
+
+    /// Makes a consent URL with a fresh single-use state and a PKCE challenge.
+    pub async fn start_authorization(
+        &self,
+        principal: &Principal,
+        id: ConnectionId,
+    ) -> Result<url::Url, AppError> {
+        principal.require(Scope::ConnectionsWrite)?;
+        let c = self.visible_connection(principal, id).await?;
+        let provider = self.resolve_provider(&c).await?;
+        let state = State::from_random(self.random());
+        let pkce = provider.pkce.then(|| Pkce::from_random(self.random()));
+        let url = oauth::authorization_url(&provider, &state, pkce.as_ref())?;
+        let now = self.now();
+        let pkce_verifier = pkce
+            .as_ref()
+            .map(|p| {
+                self.seal_str(
+                    &p.verifier,
+                    &SealContext::new(c.project_id.as_str(), &state.hash, fields::PKCE_VERIFIER),
+                )
+            })
+            .transpose()?;
+        let session = AuthSession {
+            state_hash: state.hash.clone(),
+            connection_id: c.id,
+            project_id: c.project_id.clone(),
+            pkce_verifier,
+            token_endpoint: provider.token_endpoint.clone(),
+            redirect_uri: provider.redirect_uri.clone(),
+            issuer: provider.issuer.clone(),
+            require_iss: provider.require_iss,
+            created_at: now,
+            expires_at: now + oauth::STATE_TTL,
+        };
+        self.svc.sessions.insert_auth_session(&session).await?;
+        tracing::info!(connection = %c.id, "authorization started");
+        Ok(url)
+    }
+
+    /// Handles the provider's redirect back to us. Every check that can refuse the
+    /// callback runs before any request to the provider.
+    pub async fn complete_authorization(
+        &self,
+        params: CallbackParams,
+    ) -> Result<CallbackOutcome, CallbackError> {
+        let state = params
+            .state
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .ok_or(CallbackError::MissingParameter("state"))?;
+        if state.len() > 512 {
+            return Err(CallbackError::UnknownState);
+        }
+        let session = self
+            .svc
+            .sessions
+            .take_auth_session(&State::hash(state))
+            .await
+            .map_err(|e| CallbackError::Internal(e.to_string()))?
+            .ok_or(CallbackError::UnknownState)?;
+        let now = self.now();
+        if session.expires_at <= now {
+            return Err(CallbackError::ExpiredState);
+        }
+        // RFC 9207: an `iss` that names another issuer means a mix-up attack.
+        match (&session.issuer, &params.iss) {
+            (Some(expected), Some(got)) if expected != got => {
+                return Err(CallbackError::IssuerMismatch)
+            }
+            (Some(_), None) if session.require_iss => {
+                return Err(CallbackError::MissingParameter("iss"))
+            }
+            _ => {}
+        }
+        let c = self
+            .svc
+            .connections
+            .get_connection(session.connection_id)
+            .await
+            .map_err(|e| CallbackError::Internal(e.to_string()))?
+            .ok_or(CallbackError::ConnectionGone)?;
+        if let Some(error) = &params.error {
+            let error: String = error
+                .chars()
+                .filter(|c| c.is_ascii_graphic())
+                .take(64)
+                .collect();
+            let description = params.error_description.as_deref().map(|d| {
+                d.chars()
+                    .filter(|c| !c.is_control())
+                    .take(300)
+                    .collect::<String>()
+            });
+            let message = match description {
+                Some(d) => format!("{error}: {d}"),
+                None => error,
+            };
+            self.note_error(c.id, format!("authorization failed: {message}"))
+                .await;
+            return Err(CallbackError::Denied(message));
+        }
+        let code = params
+            .code
+            .clone()
+            .filter(|c| !c.expose_secret().is_empty())
+            .ok_or(CallbackError::MissingParameter("code"))?;
+        let provider = self.resolve_provider(&c).await?;
+        let verifier = session
+            .pkce_verifier
+            .as_ref()
+            .map(|v| {
+                self.open_str(
+                    v,
+                    &SealContext::new(
+                        session.project_id.as_str(),
+                        &session.state_hash,
+                        fields::PKCE_VERIFIER,
+                    ),
+                )
+            })
+            .transpose()?;
+        let sent_at = self.now();
+        let tokens = match self
+            .svc
+            .provider
+            .exchange_code(CodeExchange {
+                // Only ever the endpoint chosen when the consent URL was made.
+                token_endpoint: session.token_endpoint.clone(),
+                client: provider.client.clone(),
+                code,
+                redirect_uri: session.redirect_uri.clone(),
+                pkce_verifier: verifier,
+            })
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                self.note_error(c.id, format!("token exchange failed: {e}"))
+                    .await;
+                return Err(CallbackError::Exchange(e));
+            }
+        };
+        let authorized_user = match &provider.userinfo_endpoint {
+            Some(endpoint) => match self
+                .svc
+                .provider
+                .userinfo(endpoint.clone(), tokens.access_token.clone())
+                .await
+            {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    tracing::warn!(connection = %c.id, error = %e, "userinfo request failed; the connection is authorized without user details");
+                    None
+                }
+            },
+            None => None,
+        };
+        let scopes = tokens
+            .scopes
+            .clone()
+            .unwrap_or_else(|| provider.scopes.clone());
+        // The new grant replaces the old one in one compare-and-set write; a refresh of
+        // the old grant that is still in flight then fails its own write.
+        for _ in 0..CALLBACK_WRITE_ATTEMPTS {
+            let mut c = self
+                .svc
+                .connections
+                .get_connection(session.connection_id)
+                .await
+                .map_err(|e| CallbackError::Internal(e.to_string()))?
+                .ok_or(CallbackError::ConnectionGone)?;
+            let read_version = c.version;
+            let access = self.seal_str(
+                &tokens.access_token,
+                &SealContext::new(c.project_id.as_str(), c.id, fields::ACCESS_TOKEN),
+            )?;
+            let refresh = tokens
+                .refresh_token
+                .as_ref()
+                .map(|r| {
+                    self.seal_str(
+                        r,
+                        &SealContext::new(c.project_id.as_str(), c.id, fields::REFRESH_TOKEN),
+                    )
+                })
+                .transpose()?;
+            let grant = Grant {
+                access_token: access,
+                refresh_token: refresh,
+                token_type: tokens.token_type.clone(),
+                scopes: scopes.clone(),
+                obtained_at: sent_at,
+                expires_at: tokens.expires_at(sent_at),
+            };
+            let change = c
+                .apply(LifecycleEvent::Authorized, self.now())
+                .map_err(AppError::from)?;
+            let from = change.map(|(f, _)| f).unwrap_or(c.status);
+            c.refresh = RefreshSchedule {
+                due_at: self.settings.refresh.due_at(&grant),
+                failures: 0,
+                lease: None,
+            };
+            c.grant = Some(grant);
+            c.authorized_user = authorized_user.clone();
+            c.last_error = None;
+            c.version = read_version + 1;
+            let event = self.event(&c, Some(from), "authorized", None);
+            match self
+                .svc
+                .connections
+                .update_connection(&c, read_version, &[event])
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(connection = %c.id, "connection authorized");
+                    return Ok(CallbackOutcome {
+                        connection_id: c.id,
+                        project_id: c.project_id.clone(),
+                        name: c.name.to_string(),
+                        status: c.status,
+                    });
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(StoreError::NotFound) => return Err(CallbackError::ConnectionGone),
+                Err(e) => return Err(CallbackError::Internal(e.to_string())),
+            }
+        }
+        Err(CallbackError::Internal(
+            "the connection kept changing while the authorization was saved".into(),
+        ))
+    }
+
+    /// Records a problem on the connection without changing its status or grant.
+    pub(crate) async fn note_error(&self, id: ConnectionId, message: String) {
+        for _ in 0..3 {
+            let Ok(Some(mut c)) = self.svc.connections.get_connection(id).await else {
+                return;
+            };
+            let read_version = c.version;
+            c.last_error = Some(message.clone());
+            c.updated_at = self.now();
+            c.version = read_version + 1;
+            match self
+                .svc
+                .connections
+                .update_connection(&c, read_version, &[])
+                .await
+            {
+                Err(StoreError::Conflict) => continue,
+                Err(e) => {
+                    tracing::warn!(connection = %id, error = %e, "could not record the error on the connection");
+                    return;
+                }
+                Ok(()) => return,
+            }
+        }
+    }
+
+    /// RFC 7009 revocation of the grant (its refresh token, else its access token).
+    pub(crate) async fn revoke_grant(&self, c: &Connection) -> Result<(), AppError> {
+        let Some(grant) = &c.grant else { return Ok(()) };
+        let provider = self.resolve_provider(c).await?;
+        let Some(endpoint) = provider.revocation_endpoint.clone() else {
+            return Ok(());
+        };
+        let (token, hint) = match &grant.refresh_token {
+            Some(r) => (
+                self.open_str(
+                    r,
+                    &SealContext::new(c.project_id.as_str(), c.id, fields::REFRESH_TOKEN),
+                )?,
+                "refresh_token",
+            ),
+            None => (
+                self.open_str(
+                    &grant.access_token,
+                    &SealContext::new(c.project_id.as_str(), c.id, fields::ACCESS_TOKEN),
+                )?,
+                "access_token",
+            ),
+        };
+        self.svc
+            .provider
+            .revoke(Revocation {
+                revocation_endpoint: endpoint,
+                client: provider.client,
+                token,
+                token_type_hint: hint,
+            })
+            .await?;
+        tracing::info!(connection = %c.id, "grant revoked at the provider");
+        Ok(())
+    }
+}
