@@ -1,1 +1,14 @@
+//! Peers for Latchkey's black-box tests.
+//!
+//! - [`OidcProvider`]: a real OAuth 2.0 / OpenID Connect authorization server (npm
+//!   `oidc-provider`, configured by `tests/oidc-provider/server.mjs`) run as a child process.
+//! - [`Browser`]: the user agent that walks the consent flow through it.
 
+pub mod browser;
+pub mod oidc_provider;
+
+pub use browser::Browser;
+pub use oidc_provider::{
+    OidcClient, OidcProvider, OidcProviderOptions, PeerStats, TokenAuthMethod, DENY_LOGIN_HINT,
+    TEST_ACCOUNT_EMAIL, TEST_ACCOUNT_ID,
+};

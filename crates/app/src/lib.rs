@@ -24,7 +24,7 @@ use latchkey_ports::{
     ProviderClient,
 };
 
-pub use access::{IssuedKey, Principal};
+pub use access::{constant_time_eq, IssuedKey, Principal};
 pub use clients::CreateOAuthClient;
 pub use connections::{
     ConnectionDetails, CreateConnection, Credentials, ListPage, UpdateConnection,

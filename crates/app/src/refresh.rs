@@ -297,6 +297,23 @@ impl Latchkey {
                         continue;
                     }
                     tracing::info!(connection = %claimed.id, "a newer grant replaced the one being refreshed; dropping the refreshed tokens");
+                    if still_ours {
+                        // Give the lease back so the new grant is not blocked until it lapses.
+                        let schedule = RefreshSchedule {
+                            lease: None,
+                            ..current.refresh.clone()
+                        };
+                        let _ = self
+                            .svc
+                            .connections
+                            .release_refresh(
+                                claimed.id,
+                                owner,
+                                &schedule,
+                                current.last_error.clone(),
+                            )
+                            .await;
+                    }
                     return Ok(RefreshOutcome::Superseded);
                 }
                 Err(e) => {
@@ -494,19 +511,12 @@ impl Latchkey {
     /// The access token of an active connection, refreshed first when due.
     pub(crate) async fn oauth_credentials(&self, c: Connection) -> Result<Credentials, AppError> {
         let mut c = check_usable(c)?;
-        let policy = self.settings.refresh;
-        if c.grant
-            .as_ref()
-            .is_some_and(|g| policy.needs_refresh(g, self.now()))
-        {
+        if self.wants_refresh(&c) {
             let lock = self.lock_for(c.id);
             let _guard = lock.lock().await;
             // Another caller in this process may have refreshed while we waited.
             c = check_usable(self.reload(c.id).await?)?;
-            if c.grant
-                .as_ref()
-                .is_some_and(|g| policy.needs_refresh(g, self.now()))
-            {
+            if self.wants_refresh(&c) {
                 let outcome = self.refresh_locked(c.id, false).await;
                 match outcome {
                     Ok(RefreshOutcome::Busy) => c = self.wait_for_other_refresh(&c).await?,
@@ -553,6 +563,18 @@ impl Latchkey {
             expires_at: grant.expires_at,
             scopes: grant.scopes.clone(),
         })
+    }
+
+    /// Whether a credentials request should refresh first: the grant is due and no
+    /// back-off after failed attempts (a provider's Retry-After included) is running, so
+    /// that a struggling provider is not called again by every workflow run.
+    fn wants_refresh(&self, c: &Connection) -> bool {
+        let now = self.now();
+        let backing_off = c.refresh.failures > 0 && c.refresh.due_at.is_some_and(|d| d > now);
+        !backing_off
+            && c.grant
+                .as_ref()
+                .is_some_and(|g| self.settings.refresh.needs_refresh(g, now))
     }
 
     async fn reload(&self, id: ConnectionId) -> Result<Connection, AppError> {

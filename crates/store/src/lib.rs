@@ -1,1 +1,276 @@
+//! # latchkey-store
+//!
+//! The sea-orm adapter of the store ports ([`ConnectionStore`], [`AuthSessionStore`],
+//! [`OAuthClientStore`], [`AccessKeyStore`]) for SQLite and PostgreSQL.
+//!
+//! Schema conventions, chosen so one schema works the same on both databases:
+//! timestamps are BIGINT unix milliseconds (exact comparisons, index friendly; values
+//! are truncated to the millisecond), ids are uuid text, sealed values are binary and
+//! JSON values are text.
+//!
+//! [`ConnectionStore`]: latchkey_ports::ConnectionStore
+//! [`AuthSessionStore`]: latchkey_ports::AuthSessionStore
+//! [`OAuthClientStore`]: latchkey_ports::OAuthClientStore
+//! [`AccessKeyStore`]: latchkey_ports::AccessKeyStore
 
+mod connections;
+mod convert;
+mod entity;
+mod migration;
+mod records;
+pub mod time;
+
+use std::path::Path;
+use std::time::Duration;
+
+use latchkey_ports::StoreError;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ActiveValue::Set, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend,
+    DbErr, EntityTrait, PaginatorTrait, SqlErr, Statement, TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+
+use crate::entity::{access_keys, auth_sessions, connections as conn_e, meta, oauth_clients};
+
+/// How long a SQLite writer waits for another writer (this or another process) before
+/// failing with SQLITE_BUSY.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// SQLite allows one writer at a time; a few connections let reads overlap a write
+/// (WAL) while writers queue on the pool and the busy timeout.
+const SQLITE_POOL_SIZE: u32 = 4;
+const POSTGRES_POOL_SIZE: u32 = 10;
+/// Arbitrary constant naming the advisory lock that serialises concurrent migrations
+/// (two servers starting at once) on PostgreSQL.
+const PG_MIGRATION_LOCK: i64 = 0x4c61_7463_686b_6579; // "Latchkey"
+
+/// The store: one connection pool to SQLite or PostgreSQL. Cheap to clone (the pool is
+/// shared).
+#[derive(Clone)]
+pub struct SeaStore {
+    db: DatabaseConnection,
+}
+
+/// Names the backend only: the pool's own Debug may show connect options, password
+/// included.
+impl std::fmt::Debug for SeaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let backend = match self.db.get_database_backend() {
+            DbBackend::Postgres => "postgres",
+            DbBackend::Sqlite => "sqlite",
+            DbBackend::MySql => "mysql",
+        };
+        f.debug_struct("SeaStore")
+            .field("backend", &backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SeaStore {
+    /// Connects to `sqlite://path?mode=rwc` (or `sqlite::memory:`) or `postgres://...`.
+    ///
+    /// For SQLite the file's parent directory is created when missing, and the
+    /// connections use WAL, foreign keys and a busy timeout so concurrent writers wait.
+    pub async fn connect(url: &str) -> Result<SeaStore, StoreError> {
+        let db = if url.starts_with("sqlite:") {
+            connect_sqlite(url).await?
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let mut opts = ConnectOptions::new(url.to_owned());
+            opts.max_connections(POSTGRES_POOL_SIZE)
+                .min_connections(0)
+                .connect_timeout(Duration::from_secs(10))
+                .acquire_timeout(Duration::from_secs(30))
+                .sqlx_logging(false);
+            Database::connect(opts)
+                .await
+                .map_err(|e| StoreError::Backend(format!("cannot connect to PostgreSQL: {e}")))?
+        } else {
+            return Err(StoreError::Backend(
+                "unsupported database URL: expected sqlite://... or postgres://...".into(),
+            ));
+        };
+        Ok(SeaStore { db })
+    }
+
+    /// Wraps an existing sea-orm connection (tests, embedding).
+    pub fn from_connection(db: DatabaseConnection) -> SeaStore {
+        SeaStore { db }
+    }
+
+    /// The underlying sea-orm connection.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Whether the pool talks to PostgreSQL (otherwise SQLite).
+    pub fn is_postgres(&self) -> bool {
+        self.db.get_database_backend() == DbBackend::Postgres
+    }
+
+    /// Applies pending migrations. Idempotent; safe to run from several processes at
+    /// once on PostgreSQL (serialised by an advisory lock).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.db.get_database_backend() {
+            DbBackend::Postgres => {
+                let txn = self.db.begin().await.map_err(backend)?;
+                txn.execute(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT pg_advisory_xact_lock($1)",
+                    [PG_MIGRATION_LOCK.into()],
+                ))
+                .await
+                .map_err(migration_error)?;
+                migration::Migrator::up(&txn, None)
+                    .await
+                    .map_err(migration_error)?;
+                txn.commit().await.map_err(migration_error)
+            }
+            _ => {
+                // SQLite has no advisory lock, and sea-orm-migration runs SQLite
+                // migrations outside a transaction. Every DDL statement is IF NOT EXISTS,
+                // so when another process migrates at the same moment and our attempt
+                // trips over it (the migration row already written, a busy lock), a
+                // retry finds the work done.
+                let mut attempt = 0;
+                loop {
+                    match migration::Migrator::up(&self.db, None).await {
+                        Ok(()) => return Ok(()),
+                        Err(e) if attempt >= 4 => return Err(migration_error(e)),
+                        Err(e) => {
+                            tracing::debug!(error = %e, attempt, "retrying SQLite migration");
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db.ping().await.map_err(backend)
+    }
+
+    /// Closes the pool. Later calls fail.
+    pub async fn close(self) -> Result<(), StoreError> {
+        self.db.close().await.map_err(backend)
+    }
+
+    /// Reads a value of the key/value `meta` table.
+    pub async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(meta::Entity::find_by_id(key.to_owned())
+            .one(&self.db)
+            .await
+            .map_err(backend)?
+            .map(|m| m.value))
+    }
+
+    /// Stores `value` under `key` unless the key exists. Returns whether it was stored;
+    /// of two concurrent callers exactly one wins.
+    pub async fn put_meta_if_absent(&self, key: &str, value: &[u8]) -> Result<bool, StoreError> {
+        let row = meta::ActiveModel {
+            key: Set(key.to_owned()),
+            value: Set(value.to_vec()),
+        };
+        let inserted = meta::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(meta::Column::Key)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await
+            .map_err(backend)?;
+        Ok(inserted == 1)
+    }
+
+    /// Whether the database holds no record at all (a fresh install): no connection,
+    /// OAuth client, pending authorization or access key. The `meta` table is not
+    /// counted.
+    pub async fn is_empty_db(&self) -> Result<bool, StoreError> {
+        let counts = [
+            conn_e::Entity::find().count(&self.db).await,
+            oauth_clients::Entity::find().count(&self.db).await,
+            auth_sessions::Entity::find().count(&self.db).await,
+            access_keys::Entity::find().count(&self.db).await,
+        ];
+        for n in counts {
+            if n.map_err(backend)? > 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+async fn connect_sqlite(url: &str) -> Result<DatabaseConnection, StoreError> {
+    let parsed: SqliteConnectOptions = url
+        .parse()
+        .map_err(|e| StoreError::Backend(format!("invalid SQLite URL: {e}")))?;
+    let filename = parsed.get_filename().to_path_buf();
+    // An in-memory database exists once per connection: a pool of one keeps it whole.
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    // A plain `sqlite://path` creates the file like `?mode=rwc`; an explicit mode wins.
+    let create = !url.contains("mode=");
+    if !in_memory {
+        if let Some(dir) = filename.parent().filter(|d| !d.as_os_str().is_empty()) {
+            create_dir(dir)?;
+        }
+    }
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.max_connections(if in_memory { 1 } else { SQLITE_POOL_SIZE })
+        .min_connections(if in_memory { 1 } else { 0 })
+        .acquire_timeout(Duration::from_secs(30))
+        .sqlx_logging(false);
+    if in_memory {
+        opts.idle_timeout(Duration::MAX).max_lifetime(Duration::MAX);
+    }
+    opts.map_sqlx_sqlite_opts(move |o| {
+        let o = if create { o.create_if_missing(true) } else { o };
+        let o = o
+            .foreign_keys(true)
+            .busy_timeout(SQLITE_BUSY_TIMEOUT)
+            .synchronous(SqliteSynchronous::Normal);
+        if in_memory {
+            o
+        } else {
+            o.journal_mode(SqliteJournalMode::Wal)
+        }
+    });
+    Database::connect(opts)
+        .await
+        .map_err(|e| StoreError::Backend(format!("cannot open SQLite database: {e}")))
+}
+
+fn create_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        StoreError::Backend(format!(
+            "cannot create the database directory {}: {e}",
+            dir.display()
+        ))
+    })
+}
+
+/// Any database failure that has no better meaning. Database messages carry no bound
+/// values, so no secret ends up in them.
+pub(crate) fn backend(e: DbErr) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn migration_error(e: DbErr) -> StoreError {
+    StoreError::Backend(format!("migration failed: {e}"))
+}
+
+/// Maps a unique violation to `Duplicate(what)`, anything else to `Backend`.
+pub(crate) fn unique_as(what: &'static str) -> impl Fn(DbErr) -> StoreError {
+    move |e| match e.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(_)) => StoreError::Duplicate(what),
+        _ => backend(e),
+    }
+}
+
+pub(crate) fn is_foreign_key_violation(e: &DbErr) -> bool {
+    matches!(e.sql_err(), Some(SqlErr::ForeignKeyConstraintViolation(_)))
+}

@@ -1,0 +1,294 @@
+//! Configuration from environment variables. The only place that reads them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use latchkey_app::DefaultClient;
+use latchkey_domain::Provider;
+
+/// Why the configuration is unusable. Each message names the variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var}: {reason}")]
+    Invalid { var: &'static str, reason: String },
+}
+
+fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        var,
+        reason: reason.into(),
+    }
+}
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    /// The externally visible base URL, without a trailing slash.
+    pub public_url: url::Url,
+    /// `id:base64` entries; `None` means use or create the key file in `data_dir`.
+    pub master_keys: Option<SecretString>,
+    pub data_dir: PathBuf,
+    pub admin_token: Option<SecretString>,
+    pub allow_insecure_loopback: bool,
+    pub refresh_interval: Duration,
+    pub refresh_margin: Duration,
+    pub refresh_lease: Duration,
+    /// The origin the callback page may post its result to (`window.opener`).
+    pub ui_origin: Option<String>,
+    pub default_clients: HashMap<Provider, DefaultClient>,
+    pub http_timeout: Duration,
+    pub log_json: bool,
+    /// Run the background refresh and expiry jobs in this process.
+    pub run_jobs: bool,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        Self::from_vars(&vars)
+    }
+
+    /// Reads the configuration from a map of variables (tests pass their own).
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| {
+            vars.get(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let listen = get("LATCHKEY_LISTEN")
+            .unwrap_or_else(|| "127.0.0.1:8080".into())
+            .parse()
+            .map_err(|e| invalid("LATCHKEY_LISTEN", format!("expected host:port, {e}")))?;
+        let data_dir = PathBuf::from(get("LATCHKEY_DATA_DIR").unwrap_or_else(|| "./data".into()));
+        let database_url = get("LATCHKEY_DATABASE_URL").unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                data_dir.join("latchkey.db").display()
+            )
+        });
+        let public_url =
+            get("LATCHKEY_PUBLIC_URL").unwrap_or_else(|| "http://127.0.0.1:8080".into());
+        let mut public_url = url::Url::parse(&public_url)
+            .map_err(|e| invalid("LATCHKEY_PUBLIC_URL", format!("not a URL: {e}")))?;
+        if !matches!(public_url.scheme(), "http" | "https") {
+            return Err(invalid(
+                "LATCHKEY_PUBLIC_URL",
+                "must be an http or https URL",
+            ));
+        }
+        let trimmed = public_url.path().trim_end_matches('/').to_owned();
+        public_url.set_path(&trimmed);
+        let ui_origin = get("LATCHKEY_UI_ORIGIN")
+            .map(|o| {
+                let u = url::Url::parse(&o)
+                    .map_err(|e| invalid("LATCHKEY_UI_ORIGIN", format!("not a URL: {e}")))?;
+                if o.trim() == "*" || u.origin().ascii_serialization() == "null" {
+                    return Err(invalid(
+                        "LATCHKEY_UI_ORIGIN",
+                        "must be one origin such as https://app.example.com, never *",
+                    ));
+                }
+                Ok(u.origin().ascii_serialization())
+            })
+            .transpose()?;
+        let mut default_clients = HashMap::new();
+        for p in Provider::CATALOG {
+            let up = p.as_str().to_uppercase();
+            let id = get(&format!("LATCHKEY_OAUTH_{up}_CLIENT_ID"));
+            let secret = get(&format!("LATCHKEY_OAUTH_{up}_CLIENT_SECRET"));
+            match (id, secret) {
+                (Some(client_id), secret) => {
+                    default_clients.insert(p, DefaultClient { client_id, client_secret: secret.map(SecretString::from) });
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        "LATCHKEY_OAUTH_<PROVIDER>_CLIENT_SECRET",
+                        format!("LATCHKEY_OAUTH_{up}_CLIENT_SECRET is set without LATCHKEY_OAUTH_{up}_CLIENT_ID"),
+                    ))
+                }
+                (None, None) => {}
+            }
+        }
+        Ok(Self {
+            listen,
+            database_url,
+            public_url,
+            master_keys: get("LATCHKEY_MASTER_KEYS").map(SecretString::from),
+            data_dir,
+            admin_token: match get("LATCHKEY_ADMIN_TOKEN") {
+                Some(t) if t.len() < 16 => {
+                    return Err(invalid(
+                        "LATCHKEY_ADMIN_TOKEN",
+                        "must be at least 16 characters",
+                    ))
+                }
+                t => t.map(SecretString::from),
+            },
+            allow_insecure_loopback: parse_bool(&get, "LATCHKEY_ALLOW_INSECURE_LOOPBACK", false)?,
+            refresh_interval: parse_duration_var(
+                &get,
+                "LATCHKEY_REFRESH_INTERVAL",
+                Duration::from_secs(60),
+            )?,
+            refresh_margin: parse_duration_var(
+                &get,
+                "LATCHKEY_REFRESH_MARGIN",
+                Duration::from_secs(300),
+            )?,
+            refresh_lease: parse_duration_var(
+                &get,
+                "LATCHKEY_REFRESH_LEASE",
+                Duration::from_secs(30),
+            )?,
+            http_timeout: parse_duration_var(
+                &get,
+                "LATCHKEY_HTTP_TIMEOUT",
+                Duration::from_secs(15),
+            )?,
+            ui_origin,
+            default_clients,
+            log_json: get("LATCHKEY_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json")),
+            run_jobs: parse_bool(&get, "LATCHKEY_RUN_JOBS", true)?,
+        })
+    }
+
+    pub fn callback_url(&self) -> String {
+        format!(
+            "{}/v1/connections/oauth2/callback",
+            self.public_url.as_str().trim_end_matches('/')
+        )
+    }
+}
+
+fn parse_bool(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match get(var).as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(other) => Err(invalid(
+            var,
+            format!("expected true or false, got {other:?}"),
+        )),
+    }
+}
+
+fn parse_duration_var(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match get(var) {
+        None => Ok(default),
+        Some(v) => parse_duration(&v).map_err(|reason| invalid(var, reason)),
+    }
+}
+
+/// Seconds (`90`), or a number with a unit: `500ms`, `90s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; use seconds or forms like 90s, 5m, 1h"))?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?}; use ms, s, m or h"
+            ))
+        }
+    };
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn durations() {
+        for (input, want) in [
+            ("90", Some(90_000)),
+            ("90s", Some(90_000)),
+            ("5m", Some(300_000)),
+            ("1h", Some(3_600_000)),
+            ("250ms", Some(250)),
+            ("0", None),
+            ("5x", None),
+            ("m", None),
+            ("-1", None),
+        ] {
+            assert_eq!(
+                parse_duration(input).ok().map(|d| d.as_millis() as u64),
+                want,
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_vars(&vars(&[])).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.database_url.starts_with("sqlite://"));
+        assert_eq!(
+            c.callback_url(),
+            "http://127.0.0.1:8080/v1/connections/oauth2/callback"
+        );
+        assert_eq!(c.refresh_interval, Duration::from_secs(60));
+        assert_eq!(c.refresh_margin, Duration::from_secs(300));
+        assert!(!c.allow_insecure_loopback);
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        for (k, v) in [
+            ("LATCHKEY_LISTEN", "nope"),
+            ("LATCHKEY_REFRESH_INTERVAL", "soon"),
+            ("LATCHKEY_PUBLIC_URL", "ftp://x"),
+            ("LATCHKEY_UI_ORIGIN", "*"),
+            ("LATCHKEY_ADMIN_TOKEN", "short"),
+            ("LATCHKEY_ALLOW_INSECURE_LOOPBACK", "maybe"),
+            ("LATCHKEY_OAUTH_GOOGLE_CLIENT_SECRET", "s"),
+        ] {
+            let err = Config::from_vars(&vars(&[(k, v)])).unwrap_err().to_string();
+            assert!(err.starts_with("LATCHKEY_"), "{k}: {err}");
+        }
+    }
+
+    #[test]
+    fn default_provider_clients() {
+        let c = Config::from_vars(&vars(&[
+            ("LATCHKEY_OAUTH_GOOGLE_CLIENT_ID", "gid"),
+            ("LATCHKEY_OAUTH_GOOGLE_CLIENT_SECRET", "gs"),
+        ]))
+        .unwrap();
+        assert_eq!(c.default_clients[&Provider::Google].client_id, "gid");
+        assert!(!c.default_clients.contains_key(&Provider::Box));
+    }
+}

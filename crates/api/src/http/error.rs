@@ -1,0 +1,154 @@
+//! The stable JSON error of the API: `{"error": {"code": "...", "message": "..."}}`.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use latchkey_app::AppError;
+use latchkey_domain::DomainError;
+
+/// An API error: a status, a stable code, and a message safe to show.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status);
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        res.insert_header((header::CACHE_CONTROL, "no-store"));
+        res.json(json!({ "error": { "code": self.code, "message": self.message } }))
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        use StatusCode as S;
+        match e {
+            AppError::Invalid(d) => match d {
+                DomainError::ConfigLocked => {
+                    ApiError::new(S::CONFLICT, "config_locked", d.to_string())
+                }
+                DomainError::IllegalTransition { .. } => {
+                    ApiError::new(S::CONFLICT, "illegal_transition", d.to_string())
+                }
+                DomainError::UnknownType { .. } => {
+                    ApiError::new(S::BAD_REQUEST, "unknown_type", d.to_string())
+                }
+                DomainError::InvalidId { .. } => {
+                    ApiError::new(S::BAD_REQUEST, "invalid_id", d.to_string())
+                }
+                DomainError::InvalidField { .. } => {
+                    ApiError::new(S::BAD_REQUEST, "invalid_field", d.to_string())
+                }
+            },
+            AppError::NotFound(what) => ApiError::not_found(what),
+            AppError::Forbidden(m) => ApiError::new(S::FORBIDDEN, "forbidden", m),
+            e @ AppError::VersionConflict { .. } => {
+                ApiError::new(S::CONFLICT, "version_conflict", e.to_string())
+            }
+            e @ AppError::NameTaken(_) => ApiError::new(S::CONFLICT, "name_taken", e.to_string()),
+            AppError::InUse(m) => ApiError::new(S::CONFLICT, "in_use", m),
+            AppError::State { code, message } => ApiError::new(S::CONFLICT, code, message),
+            AppError::Provider(p) => ApiError::new(S::BAD_GATEWAY, "provider_error", p.to_string()),
+            AppError::Internal(m) => {
+                // Details go to the log only; the caller gets a stable, bland answer.
+                tracing::error!(error = %m, "internal error");
+                ApiError::new(
+                    S::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "internal error; see the server log",
+                )
+            }
+        }
+    }
+}
+
+/// Answers for malformed request bodies, queries and paths, in our error shape.
+pub mod extractors {
+    use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+    use actix_web::http::StatusCode;
+    use actix_web::HttpRequest;
+
+    use super::ApiError;
+
+    pub fn json(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
+        let e = match &err {
+            JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is larger than 64 KiB",
+                )
+            }
+            JsonPayloadError::ContentType => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as Content-Type: application/json",
+            ),
+            JsonPayloadError::Deserialize(d) => ApiError::bad_request(
+                "invalid_json",
+                format!("the body is not valid JSON for this request: {d}"),
+            ),
+            other => {
+                ApiError::bad_request("invalid_body", format!("could not read the body: {other}"))
+            }
+        };
+        e.into()
+    }
+
+    pub fn query(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
+        ApiError::bad_request("invalid_query", format!("invalid query string: {err}")).into()
+    }
+
+    pub fn path(_err: PathError, _req: &HttpRequest) -> actix_web::Error {
+        ApiError::not_found("resource").into()
+    }
+}

@@ -1,0 +1,198 @@
+//! # latchkey-api
+//!
+//! The `latchkey` server: reads configuration, wires the adapters into the use cases,
+//! serves the HTTP API and runs the background refresh and expiry jobs. The only crate
+//! that knows every adapter.
+
+pub mod adapters;
+pub mod config;
+pub mod http;
+mod jobs;
+pub mod keys;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::dev::{Server, Service};
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+
+use latchkey_app::{Latchkey, Services, Settings};
+use latchkey_domain::{RefreshPolicy, UrlPolicy};
+use latchkey_oauth::{HttpProviderClient, OutboundPolicy};
+use latchkey_store::SeaStore;
+
+pub use config::Config;
+
+/// A built server, bound to its port, not yet running.
+pub struct Application {
+    port: u16,
+    server: Server,
+    jobs: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+/// Connects and migrates the database (for `latchkey migrate`).
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let store = SeaStore::connect(&config.database_url)
+        .await
+        .context("connecting to the database")?;
+    store.migrate().await.context("running migrations")?;
+    Ok(())
+}
+
+impl Application {
+    /// Opens the database, checks the master keys against it, and binds the listener.
+    pub async fn build(mut config: Config) -> anyhow::Result<Self> {
+        let store = SeaStore::connect(&config.database_url)
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to the database at {}",
+                    redact_url(&config.database_url)
+                )
+            })?;
+        store
+            .migrate()
+            .await
+            .context("running database migrations")?;
+        let (ring, source) = keys::load_and_check(&config, &store).await?;
+        match &source {
+            keys::KeySource::Generated(path) => tracing::warn!(
+                path = %path.display(),
+                "NO MASTER KEY WAS CONFIGURED: generated a new one into {}. Back it up: without it the stored credentials cannot be read. Set LATCHKEY_MASTER_KEYS in production.",
+                path.display()
+            ),
+            keys::KeySource::File(path) => {
+                tracing::info!(path = %path.display(), "master key read from file")
+            }
+            keys::KeySource::Environment => {
+                tracing::info!(keys = %ring.key_ids().join(","), "master keys from LATCHKEY_MASTER_KEYS")
+            }
+        }
+
+        let listener = TcpListener::bind(config.listen)
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        // With port 0 and the default public URL, the public URL follows the bound port.
+        if config.public_url.as_str().trim_end_matches('/') == "http://127.0.0.1:8080"
+            && config.listen.port() == 0
+        {
+            config.public_url = url::Url::parse(&format!("http://{addr}"))?;
+        }
+        let provider = HttpProviderClient::new(OutboundPolicy {
+            allow_insecure_loopback: config.allow_insecure_loopback,
+            timeout: config.http_timeout,
+            ..OutboundPolicy::default()
+        })
+        .context("building the HTTP client for OAuth providers")?;
+        let store_arc = Arc::new(store.clone());
+        let svc = Services {
+            connections: store_arc.clone(),
+            sessions: store_arc.clone(),
+            clients: store_arc.clone(),
+            keys: store_arc,
+            cipher: Arc::new(ring),
+            provider: Arc::new(provider),
+            clock: Arc::new(adapters::SystemClock),
+            entropy: Arc::new(adapters::OsEntropy),
+        };
+        let lease = chrono::Duration::from_std(config.refresh_lease)?;
+        // A lease shorter than a provider call could lapse mid-refresh and let a second
+        // worker reuse a refresh token.
+        let min_lease = chrono::Duration::from_std(config.http_timeout)? * 2;
+        let settings = Settings {
+            callback_url: config.callback_url(),
+            url_policy: UrlPolicy {
+                allow_insecure_loopback: config.allow_insecure_loopback,
+            },
+            refresh: RefreshPolicy {
+                margin: chrono::Duration::from_std(config.refresh_margin)?,
+                lease: lease.max(min_lease),
+                ..RefreshPolicy::default()
+            },
+            default_clients: config.default_clients.clone(),
+            worker_id: format!("{}-{}", hostname(), std::process::id()),
+            ..Settings::default()
+        };
+        let app = Arc::new(Latchkey::new(svc, settings));
+        let state = web::Data::new(http::AppState {
+            app: app.clone(),
+            store,
+            admin_token: config.admin_token.clone(),
+            ui_origin: config.ui_origin.clone(),
+        });
+        if config.admin_token.is_none() {
+            tracing::warn!("LATCHKEY_ADMIN_TOKEN is not set: no admin key exists, so no access key can be created");
+        }
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap_fn(|req, srv| {
+                    // Logs the path only: query strings carry OAuth codes and states.
+                    let method = req.method().clone();
+                    let path = req.path().to_owned();
+                    let started = Instant::now();
+                    let fut = srv.call(req);
+                    async move {
+                        let res = fut.await;
+                        let status = res.as_ref().map(|r| r.status().as_u16()).unwrap_or(500);
+                        tracing::info!(%method, %path, status, ms = started.elapsed().as_millis() as u64, "request");
+                        res
+                    }
+                })
+                .configure(http::configure)
+        })
+        .listen(listener)?
+        .shutdown_timeout(10)
+        .run();
+        let jobs = config
+            .run_jobs
+            .then(|| jobs::spawn(app, config.refresh_interval));
+        tracing::info!(%addr, public_url = %config.public_url, "latchkey listening");
+        Ok(Self {
+            port: addr.port(),
+            server,
+            jobs,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until the server is stopped (SIGINT/SIGTERM).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let r = self.server.await;
+        if let Some(j) = self.jobs {
+            j.abort();
+        }
+        r
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "latchkey".into())
+}
+
+/// A database URL without its password, for messages.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => raw.to_owned(),
+    }
+}

@@ -1,0 +1,165 @@
+//! Outbound HTTP: one place that sends a request and turns what comes back into either
+//! a response worth parsing or an already classified [`OAuthError`].
+
+use std::error::Error as _;
+use std::future::Future;
+use std::pin::Pin;
+
+use chrono::Duration;
+use latchkey_ports::OAuthError;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::StatusCode;
+use url::Url;
+
+use crate::errors::oauth_error_in;
+
+/// Largest response body we read. Token, userinfo and discovery answers are a few KiB;
+/// anything bigger is not OAuth and must not exhaust memory.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// A response that was neither a redirect, a 5xx nor a 429, read in full.
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// The reqwest client with the outbound policy baked in (no redirects, timeouts).
+#[derive(Debug, Clone)]
+pub(crate) struct Transport {
+    pub http: reqwest::Client,
+}
+
+impl Transport {
+    /// Sends `request`. Network failures, timeouts, 5xx and 429 come back as
+    /// `Transient`; redirects and oversized bodies as `Protocol`.
+    pub(crate) async fn execute(&self, request: reqwest::Request) -> Result<Fetched, OAuthError> {
+        let endpoint = display_url(request.url());
+        let method = request.method().clone();
+        let mut response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| network_error(&endpoint, &e))?;
+        let status = response.status();
+        tracing::debug!(%method, %endpoint, %status, "provider answered");
+        if status.is_redirection() {
+            // Following would let a provider (or an attacker in its place) point our
+            // credentials at another host.
+            return Err(OAuthError::Protocol(format!(
+                "{endpoint} answered HTTP {status}; redirects are not followed"
+            )));
+        }
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(OAuthError::Transient {
+                reason: format!("{endpoint} answered HTTP {status}"),
+                retry_after: retry_after(response.headers()),
+            });
+        }
+        let too_big = || {
+            OAuthError::Protocol(format!(
+                "{endpoint} answered with a body larger than {MAX_BODY_BYTES} bytes"
+            ))
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+        {
+            return Err(too_big());
+        }
+        let headers = response.headers().clone();
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| network_error(&endpoint, &e))?
+        {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(too_big());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Fetched {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// Lets the `oauth2` crate send its token requests through [`Transport::execute`], so that
+/// status codes and `Retry-After` survive into our classification.
+impl<'c> oauth2::AsyncHttpClient<'c> for Transport {
+    type Error = OAuthError;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<oauth2::HttpResponse, OAuthError>> + Send + 'c>>;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let request = reqwest::Request::try_from(request).map_err(|_| {
+                OAuthError::Protocol("could not build the token request".to_owned())
+            })?;
+            let endpoint = display_url(request.url());
+            let fetched = self.execute(request).await?;
+            // The oauth2 crate reads every non-200 body as an OAuth error response; one
+            // that is not (an HTML 404, an empty 401) is a protocol failure, with its status.
+            if fetched.status != StatusCode::OK && oauth_error_in(&fetched.body).is_none() {
+                return Err(OAuthError::Protocol(format!(
+                    "{endpoint} answered HTTP {} without an OAuth error response",
+                    fetched.status
+                )));
+            }
+            let mut response = oauth2::http::Response::new(fetched.body);
+            *response.status_mut() = fetched.status;
+            *response.headers_mut() = fetched.headers;
+            Ok(response)
+        })
+    }
+}
+
+/// `Retry-After` in delta-seconds. The HTTP-date form is ignored: reading the clock here
+/// is not ours to do, and providers use seconds.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs: u32 = headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::seconds(i64::from(secs)))
+}
+
+/// A URL for messages: origin and path only, so no userinfo or query string (which
+/// could carry credentials) ends up in an error or a log.
+pub(crate) fn display_url(u: &Url) -> String {
+    format!("{}{}", u.origin().ascii_serialization(), u.path())
+}
+
+fn network_error(endpoint: &str, e: &reqwest::Error) -> OAuthError {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_body() || e.is_decode() {
+        "failed while reading the answer"
+    } else {
+        "request failed"
+    };
+    // reqwest's own text names the full URL; the source chain names the cause without it.
+    let mut reason = format!("{endpoint}: {what}");
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !reason.ends_with(&text) {
+            reason.push_str(": ");
+            reason.push_str(&text);
+        }
+        source = s.source();
+    }
+    OAuthError::Transient {
+        reason,
+        retry_after: None,
+    }
+}

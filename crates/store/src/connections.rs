@@ -1,0 +1,451 @@
+//! `ConnectionStore`: connections, their events and usages, and refresh leases.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use latchkey_domain::{
+    Connection, ConnectionEvent, ConnectionId, FlowId, Grant, Lease, RefreshSchedule, Status, Usage,
+};
+use latchkey_ports::{ConnectionQuery, ConnectionStore, StoreError};
+use sea_orm::sea_query::{Alias, Expr, OnConflict};
+use sea_orm::ActiveValue::{NotSet, Set};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
+};
+
+use crate::convert::{
+    connection_from_row, connection_row, event_from_row, event_row, grant_columns, usage_from_row,
+};
+use crate::entity::{auth_sessions, connection_events, connection_usages, connections};
+use crate::time::to_millis;
+use crate::{backend, SeaStore};
+
+use connections::Column as C;
+
+/// Errors of writing a connection row: name clashes and unknown OAuth clients get
+/// their own meaning.
+fn connection_write_error(e: DbErr) -> StoreError {
+    match e.sql_err() {
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(msg)) => {
+            // The primary key can only clash on a reused id; everything else is the
+            // (project_id, name) index.
+            if msg.contains("name") {
+                StoreError::Duplicate("name")
+            } else {
+                StoreError::Duplicate("id")
+            }
+        }
+        Some(sea_orm::SqlErr::ForeignKeyConstraintViolation(_)) => StoreError::Backend(
+            "the connection refers to an OAuth client that does not exist".into(),
+        ),
+        _ => backend(e),
+    }
+}
+
+/// No lease, or one that lapsed before `now`.
+fn lease_free(now_ms: i64) -> Condition {
+    Condition::any()
+        .add(C::LeaseUntil.is_null())
+        .add(C::LeaseUntil.lt(now_ms))
+}
+
+fn parse_ids(ids: Vec<String>) -> Result<Vec<ConnectionId>, StoreError> {
+    ids.into_iter()
+        .map(|id| {
+            id.parse().map_err(|_| {
+                StoreError::Backend(format!("corrupt row in connections: invalid id {id:?}"))
+            })
+        })
+        .collect()
+}
+
+async fn insert_events<Db: ConnectionTrait>(
+    db: &Db,
+    events: &[ConnectionEvent],
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    connection_events::Entity::insert_many(events.iter().map(event_row))
+        .exec_without_returning(db)
+        .await
+        .map_err(|e| match e.sql_err() {
+            Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => {
+                StoreError::Duplicate("event id")
+            }
+            Some(sea_orm::SqlErr::ForeignKeyConstraintViolation(_)) => StoreError::NotFound,
+            _ => backend(e),
+        })?;
+    Ok(())
+}
+
+#[async_trait]
+impl ConnectionStore for SeaStore {
+    async fn insert_connection(
+        &self,
+        connection: &Connection,
+        event: &ConnectionEvent,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin().await.map_err(backend)?;
+        connections::Entity::insert(connection_row(connection))
+            .exec_without_returning(&txn)
+            .await
+            .map_err(connection_write_error)?;
+        insert_events(&txn, std::slice::from_ref(event)).await?;
+        txn.commit().await.map_err(backend)
+    }
+
+    async fn get_connection(&self, id: ConnectionId) -> Result<Option<Connection>, StoreError> {
+        connections::Entity::find_by_id(id.to_string())
+            .one(&self.db)
+            .await
+            .map_err(backend)?
+            .map(connection_from_row)
+            .transpose()
+    }
+
+    /// A `limit` of 0 means no limit.
+    async fn list_connections(
+        &self,
+        query: &ConnectionQuery,
+    ) -> Result<Vec<Connection>, StoreError> {
+        let mut q = connections::Entity::find();
+        if let Some(project) = &query.project_id {
+            q = q.filter(C::ProjectId.eq(project.as_str()));
+        }
+        if let Some(status) = query.status {
+            q = q.filter(C::Status.eq(status.as_str()));
+        }
+        if let Some(kind) = query.kind {
+            q = q.filter(C::Kind.eq(kind.as_str()));
+        }
+        if let Some(after) = query.after {
+            q = q.filter(C::Id.gt(after.to_string()));
+        }
+        q = q.order_by_asc(C::Id);
+        if query.limit > 0 {
+            q = q.limit(u64::from(query.limit));
+        }
+        q.all(&self.db)
+            .await
+            .map_err(backend)?
+            .into_iter()
+            .map(connection_from_row)
+            .collect()
+    }
+
+    async fn update_connection(
+        &self,
+        connection: &Connection,
+        expected_version: i64,
+        events: &[ConnectionEvent],
+    ) -> Result<(), StoreError> {
+        let id = connection.id.to_string();
+        let mut row = connection_row(connection);
+        // The id selects the row; it is not rewritten. The lease belongs to the
+        // claim/save/release methods: a rename must not clobber a refresh in flight.
+        row.id = NotSet;
+        row.lease_owner = NotSet;
+        row.lease_until = NotSet;
+        // Write first, then read if needed: on SQLite a transaction that reads before
+        // writing can fail with SQLITE_BUSY instead of waiting for the write lock.
+        let txn = self.db.begin().await.map_err(backend)?;
+        let res = connections::Entity::update_many()
+            .set(row)
+            .filter(C::Id.eq(id.as_str()))
+            .filter(C::Version.eq(expected_version))
+            .exec(&txn)
+            .await
+            .map_err(connection_write_error)?;
+        if res.rows_affected == 0 {
+            let exists = connections::Entity::find_by_id(id)
+                .select_only()
+                .column(C::Id)
+                .into_tuple::<String>()
+                .one(&txn)
+                .await
+                .map_err(backend)?
+                .is_some();
+            return Err(if exists {
+                StoreError::Conflict
+            } else {
+                StoreError::NotFound
+            });
+        }
+        insert_events(&txn, events).await?;
+        txn.commit().await.map_err(backend)
+    }
+
+    async fn delete_connection(&self, id: ConnectionId) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        // Explicit deletes rather than trusting ON DELETE CASCADE alone: SQLite only
+        // cascades when the foreign_keys pragma is on for that connection.
+        let txn = self.db.begin().await.map_err(backend)?;
+        connection_events::Entity::delete_many()
+            .filter(connection_events::Column::ConnectionId.eq(id.as_str()))
+            .exec(&txn)
+            .await
+            .map_err(backend)?;
+        connection_usages::Entity::delete_many()
+            .filter(connection_usages::Column::ConnectionId.eq(id.as_str()))
+            .exec(&txn)
+            .await
+            .map_err(backend)?;
+        auth_sessions::Entity::delete_many()
+            .filter(auth_sessions::Column::ConnectionId.eq(id.as_str()))
+            .exec(&txn)
+            .await
+            .map_err(backend)?;
+        let res = connections::Entity::delete_by_id(id)
+            .exec(&txn)
+            .await
+            .map_err(backend)?;
+        txn.commit().await.map_err(backend)?;
+        Ok(res.rows_affected > 0)
+    }
+
+    /// `NotFound` if the connection does not exist.
+    async fn record_usage(
+        &self,
+        id: ConnectionId,
+        flow: Option<FlowId>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let id = id.to_string();
+        let at = to_millis(at);
+        let txn = self.db.begin().await.map_err(backend)?;
+        // Keeps the latest use when calls arrive out of order; the version is untouched.
+        let later = Expr::case(
+            Condition::any()
+                .add(C::LastUsedAt.is_null())
+                .add(C::LastUsedAt.lt(at)),
+            at,
+        )
+        .finally(Expr::col(C::LastUsedAt));
+        let res = connections::Entity::update_many()
+            .col_expr(C::LastUsedAt, later.into())
+            .filter(C::Id.eq(id.as_str()))
+            .exec(&txn)
+            .await
+            .map_err(backend)?;
+        if res.rows_affected == 0 {
+            return Err(StoreError::NotFound);
+        }
+        if let Some(flow) = flow {
+            use connection_usages::Column as U;
+            let existing = |c: U| Expr::col((connection_usages::Entity, c));
+            let proposed = |c: U| Expr::col((Alias::new("excluded"), c));
+            let row = connection_usages::ActiveModel {
+                connection_id: Set(id),
+                flow_id: Set(flow.as_str().to_owned()),
+                first_used_at: Set(at),
+                last_used_at: Set(at),
+                use_count: Set(1),
+            };
+            connection_usages::Entity::insert(row)
+                .on_conflict(
+                    OnConflict::columns([U::ConnectionId, U::FlowId])
+                        .value(U::UseCount, existing(U::UseCount).add(1))
+                        .value(
+                            U::FirstUsedAt,
+                            Expr::case(
+                                proposed(U::FirstUsedAt).lt(existing(U::FirstUsedAt)),
+                                proposed(U::FirstUsedAt),
+                            )
+                            .finally(existing(U::FirstUsedAt)),
+                        )
+                        .value(
+                            U::LastUsedAt,
+                            Expr::case(
+                                proposed(U::LastUsedAt).gt(existing(U::LastUsedAt)),
+                                proposed(U::LastUsedAt),
+                            )
+                            .finally(existing(U::LastUsedAt)),
+                        )
+                        .to_owned(),
+                )
+                .exec_without_returning(&txn)
+                .await
+                .map_err(backend)?;
+        }
+        txn.commit().await.map_err(backend)
+    }
+
+    async fn list_usages(&self, id: ConnectionId) -> Result<Vec<Usage>, StoreError> {
+        use connection_usages::Column as U;
+        connection_usages::Entity::find()
+            .filter(U::ConnectionId.eq(id.to_string()))
+            .order_by_desc(U::LastUsedAt)
+            .order_by_asc(U::FlowId)
+            .all(&self.db)
+            .await
+            .map_err(backend)?
+            .into_iter()
+            .map(usage_from_row)
+            .collect()
+    }
+
+    async fn list_events(&self, id: ConnectionId) -> Result<Vec<ConnectionEvent>, StoreError> {
+        use connection_events::Column as E;
+        connection_events::Entity::find()
+            .filter(E::ConnectionId.eq(id.to_string()))
+            .order_by_asc(E::At)
+            .order_by_asc(E::Seq)
+            .all(&self.db)
+            .await
+            .map_err(backend)?
+            .into_iter()
+            .map(event_from_row)
+            .collect()
+    }
+
+    async fn due_for_refresh(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ConnectionId>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = to_millis(now);
+        let ids = connections::Entity::find()
+            .select_only()
+            .column(C::Id)
+            .filter(C::Status.eq(Status::Active.as_str()))
+            .filter(C::RefreshDueAt.lte(now))
+            .filter(lease_free(now))
+            .order_by_asc(C::RefreshDueAt)
+            .order_by_asc(C::Id)
+            .limit(u64::from(limit))
+            .into_tuple::<String>()
+            .all(&self.db)
+            .await
+            .map_err(backend)?;
+        parse_ids(ids)
+    }
+
+    async fn past_expiry(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ConnectionId>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = to_millis(now);
+        let ids = connections::Entity::find()
+            .select_only()
+            .column(C::Id)
+            .filter(C::Status.eq(Status::Active.as_str()))
+            .filter(C::ExpiresAt.lte(now))
+            .filter(C::AccessToken.is_not_null())
+            .order_by_asc(C::ExpiresAt)
+            .order_by_asc(C::Id)
+            .limit(u64::from(limit))
+            .into_tuple::<String>()
+            .all(&self.db)
+            .await
+            .map_err(backend)?;
+        parse_ids(ids)
+    }
+
+    async fn claim_refresh(
+        &self,
+        id: ConnectionId,
+        lease: &Lease,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Connection>, StoreError> {
+        let id = id.to_string();
+        let now = to_millis(now);
+        let txn = self.db.begin().await.map_err(backend)?;
+        // The claim itself is this one statement; the database serialises competing
+        // claimers on the row, so at most one sees a free lease.
+        let res = connections::Entity::update_many()
+            .col_expr(C::LeaseOwner, Expr::value(lease.owner.as_str()))
+            .col_expr(C::LeaseUntil, Expr::value(to_millis(lease.until)))
+            .filter(C::Id.eq(id.as_str()))
+            .filter(C::Status.eq(Status::Active.as_str()))
+            .filter(lease_free(now))
+            .exec(&txn)
+            .await
+            .map_err(backend)?;
+        if res.rows_affected != 1 {
+            return Ok(None);
+        }
+        let row = connections::Entity::find_by_id(id)
+            .one(&txn)
+            .await
+            .map_err(backend)?;
+        txn.commit().await.map_err(backend)?;
+        row.map(connection_from_row).transpose()
+    }
+
+    async fn save_refreshed_grant(
+        &self,
+        id: ConnectionId,
+        owner: &str,
+        expected_version: i64,
+        grant: &Grant,
+        schedule: &RefreshSchedule,
+        updated_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let g = grant_columns(Some(grant));
+        let next_version = expected_version
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Backend("connection version overflow".into()))?;
+        let row = connections::ActiveModel {
+            access_token: Set(g.access_token),
+            refresh_token: Set(g.refresh_token),
+            token_type: Set(g.token_type),
+            scopes: Set(g.scopes),
+            obtained_at: Set(g.obtained_at),
+            expires_at: Set(g.expires_at),
+            refresh_due_at: Set(schedule.due_at.map(to_millis)),
+            refresh_failures: Set(i64::from(schedule.failures)),
+            lease_owner: Set(None),
+            lease_until: Set(None),
+            last_error: Set(None),
+            updated_at: Set(to_millis(updated_at)),
+            version: Set(next_version),
+            ..Default::default()
+        };
+        let res = connections::Entity::update_many()
+            .set(row)
+            .filter(C::Id.eq(id.to_string()))
+            .filter(C::Version.eq(expected_version))
+            .filter(C::LeaseOwner.eq(owner))
+            .exec(&self.db)
+            .await
+            .map_err(backend)?;
+        if res.rows_affected == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
+    }
+
+    async fn release_refresh(
+        &self,
+        id: ConnectionId,
+        owner: &str,
+        schedule: &RefreshSchedule,
+        last_error: Option<String>,
+    ) -> Result<bool, StoreError> {
+        let row = connections::ActiveModel {
+            refresh_due_at: Set(schedule.due_at.map(to_millis)),
+            refresh_failures: Set(i64::from(schedule.failures)),
+            lease_owner: Set(None),
+            lease_until: Set(None),
+            last_error: Set(last_error),
+            ..Default::default()
+        };
+        let res = connections::Entity::update_many()
+            .set(row)
+            .filter(C::Id.eq(id.to_string()))
+            .filter(C::LeaseOwner.eq(owner))
+            .exec(&self.db)
+            .await
+            .map_err(backend)?;
+        Ok(res.rows_affected == 1)
+    }
+}
