@@ -15,7 +15,7 @@ mod seal;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use secrecy::SecretString;
 
 use latchkey_domain::{EventId, Provider, RefreshPolicy, UrlPolicy};
@@ -115,8 +115,10 @@ impl Latchkey {
         &self.settings
     }
 
+    /// The current time at the store's precision (milliseconds), so that what a use
+    /// case returns equals what a later read gives back.
     fn now(&self) -> DateTime<Utc> {
-        self.svc.clock.now()
+        self.svc.clock.now().trunc_subsecs(3)
     }
 
     fn random<const N: usize>(&self) -> [u8; N] {
