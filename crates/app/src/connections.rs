@@ -66,6 +66,8 @@ pub enum Credentials {
         fields: BTreeMap<String, SecretString>,
     },
     OAuth {
+        /// The provider type (`google`, `oauth2`, ...).
+        kind: ConnectionType,
         access_token: SecretString,
         token_type: String,
         expires_at: Option<DateTime<Utc>>,
@@ -77,6 +79,18 @@ pub enum Credentials {
 pub const MAX_PAGE: u32 = 200;
 /// How often a read-modify-write without a client version is retried on a concurrent write.
 const UPDATE_ATTEMPTS: usize = 3;
+
+impl Credentials {
+    /// The connection type name these credentials belong to.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Credentials::ApiKey { .. } => ConnectionType::ApiKey.as_str(),
+            Credentials::Basic { .. } => ConnectionType::Basic.as_str(),
+            Credentials::Custom { .. } => ConnectionType::Custom.as_str(),
+            Credentials::OAuth { kind, .. } => kind.as_str(),
+        }
+    }
+}
 
 impl Latchkey {
     pub(crate) fn secrets_ctx(c: &Connection) -> SealContext {

@@ -558,6 +558,7 @@ impl Latchkey {
             &Self::token_ctx(&c, fields::ACCESS_TOKEN),
         )?;
         Ok(Credentials::OAuth {
+            kind: c.kind,
             access_token,
             token_type: grant.token_type.clone(),
             expires_at: grant.expires_at,

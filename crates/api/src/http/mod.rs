@@ -255,14 +255,10 @@ async fn credentials(
         .app
         .fetch_credentials(&p, id, q.flow_id.as_deref())
         .await?;
-    let d = state
-        .app
-        .get_connection(&latchkey_app::Principal::Admin, id)
-        .await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header((header::PRAGMA, "no-cache"))
-        .json(json!({ "data": views::credentials(d.connection.kind.as_str(), &creds) })))
+        .json(json!({ "data": views::credentials(&creds) })))
 }
 
 async fn events(

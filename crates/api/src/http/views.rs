@@ -70,7 +70,8 @@ pub fn access_key(k: &AccessKey) -> Value {
 }
 
 /// The one view that carries secrets: for workflow executions only.
-pub fn credentials(kind: &str, c: &Credentials) -> Value {
+pub fn credentials(c: &Credentials) -> Value {
+    let kind = c.type_name();
     match c {
         Credentials::ApiKey { api_key } => {
             json!({ "type": kind, "api_key": api_key.expose_secret() })
@@ -87,6 +88,7 @@ pub fn credentials(kind: &str, c: &Credentials) -> Value {
             token_type,
             expires_at,
             scopes,
+            ..
         } => json!({
             "type": kind,
             "access_token": access_token.expose_secret(),
