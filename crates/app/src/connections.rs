@@ -324,9 +324,10 @@ impl Latchkey {
                     return Err(DomainError::ConfigLocked.into());
                 }
                 let parsed = parse_config(c.kind, config, self.settings.url_policy)?;
-                if let Some((from, _)) = c.apply(LifecycleEvent::SecretReplaced, now)? {
-                    events.push(self.event(&c, Some(from), "secret_replaced", None));
-                }
+                let from = c.status;
+                c.apply(LifecycleEvent::SecretReplaced, now)?;
+                // Not a status change, but worth a line in the history: who rotated what, when.
+                events.push(self.event(&c, Some(from), "secret_replaced", None));
                 c.config = parsed.public;
                 c.secrets = self.seal_fields(&parsed.secrets, &Self::secrets_ctx(&c))?;
             }

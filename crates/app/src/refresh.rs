@@ -26,7 +26,8 @@ pub(crate) type LockMap = Mutex<HashMap<ConnectionId, Arc<tokio::sync::Mutex<()>
 
 /// How often saving a refreshed grant is retried when the database fails: the provider
 /// may have rotated the refresh token, so giving up would lose the grant.
-const SAVE_ATTEMPTS: u32 = 8;
+/// With the capped doubling delay this keeps trying for about 20 s, well inside the lease.
+const SAVE_ATTEMPTS: u32 = 14;
 /// How long a credentials request waits for another process's refresh.
 const WAIT_FOR_OTHER_REFRESH: std::time::Duration = std::time::Duration::from_secs(20);
 
