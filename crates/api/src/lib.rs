@@ -106,10 +106,11 @@ impl Application {
             entropy: Arc::new(adapters::OsEntropy),
         };
         let lease = chrono::Duration::from_std(config.refresh_lease)?;
-        // A lease shorter than a provider call plus the retried save of its tokens (about
-        // 20 s) could lapse mid-refresh and let a second worker reuse a refresh token.
+        // A lease shorter than a provider call could lapse mid-refresh and let a second
+        // worker reuse a refresh token; what is left of it after the call is the time
+        // the refreshed tokens' save is retried for.
         let min_lease =
-            chrono::Duration::from_std(config.http_timeout)? + chrono::Duration::seconds(30);
+            chrono::Duration::from_std(config.http_timeout)? + chrono::Duration::seconds(5);
         let settings = Settings {
             callback_url: config.callback_url(),
             url_policy: UrlPolicy {

@@ -26,8 +26,10 @@ pub(crate) type LockMap = Mutex<HashMap<ConnectionId, Arc<tokio::sync::Mutex<()>
 
 /// How often saving a refreshed grant is retried when the database fails: the provider
 /// may have rotated the refresh token, so giving up would lose the grant.
-/// With the capped doubling delay this keeps trying for about 20 s, well inside the lease.
-const SAVE_ATTEMPTS: u32 = 14;
+/// Saving refreshed tokens is retried at least this often, and then for as long as the
+/// lease still has a second to run: once it lapses another worker may take over.
+const SAVE_MIN_ATTEMPTS: u32 = 3;
+const SAVE_MAX_ATTEMPTS: u32 = 60;
 /// How long a credentials request waits for another process's refresh.
 const WAIT_FOR_OTHER_REFRESH: std::time::Duration = std::time::Duration::from_secs(20);
 
@@ -209,7 +211,7 @@ impl Latchkey {
                     failures: 0,
                     lease: None,
                 };
-                self.save_refreshed(&claimed, &owner, &new_grant, &schedule)
+                self.save_refreshed(&claimed, &owner, &new_grant, &schedule, lease.until)
                     .await
             }
             Err(OAuthError::InvalidGrant(description)) => {
@@ -260,11 +262,20 @@ impl Latchkey {
         owner: &str,
         grant: &Grant,
         schedule: &RefreshSchedule,
+        lease_until: chrono::DateTime<chrono::Utc>,
     ) -> Result<RefreshOutcome, AppError> {
         let mut version = claimed.version;
         let mut delay = std::time::Duration::from_millis(50);
         let mut last_error = String::new();
-        for _ in 0..SAVE_ATTEMPTS {
+        // Measured on the monotonic timer: the budget is real waiting, not domain time.
+        let budget = (lease_until - self.now() - Duration::seconds(1))
+            .to_std()
+            .unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + budget;
+        for attempt in 1..=SAVE_MAX_ATTEMPTS {
+            if attempt > SAVE_MIN_ATTEMPTS && tokio::time::Instant::now() >= deadline {
+                break;
+            }
             match self
                 .svc
                 .connections
