@@ -366,14 +366,25 @@ fn parse_oauth(
             .map(|v| urls.check(&format!("{p}.{k}"), &v).map(|u| u.to_string()))
             .transpose()
     };
+    // Identifiers the provider compares as exact strings (RFC 8414 §3.3, RFC 9207 §2.4,
+    // RFC 6749 §3.1.2.3): checked like any URL but kept verbatim, since normalizing
+    // would append a "/" to "https://idp.example" and make every comparison fail.
+    let identifier_field = |k: &str| -> Result<Option<String>, DomainError> {
+        optional_string(oc, p, k)?
+            .map(|v| {
+                urls.check(&format!("{p}.{k}"), &v)
+                    .map(|_| v.trim().to_owned())
+            })
+            .transpose()
+    };
     let mut settings = OAuthSettings {
         scopes,
         client_id: optional_string(oc, p, "client_id")?,
         authorization_endpoint: url_field("authorization_endpoint")?,
         token_endpoint: url_field("token_endpoint")?,
-        redirect_uri: url_field("redirect_uri")?,
+        redirect_uri: identifier_field("redirect_uri")?,
         userinfo_endpoint: url_field("userinfo_endpoint")?,
-        issuer: url_field("issuer")?,
+        issuer: identifier_field("issuer")?,
         revocation_endpoint: url_field("revocation_endpoint")?,
         token_endpoint_auth_method: optional_string(oc, p, "token_endpoint_auth_method")?
             .map(|m| m.parse())
@@ -705,6 +716,20 @@ mod tests {
             .is_err());
         assert!(allow.check("u", "ftp://127.0.0.1/x").is_err());
         assert!(allow.check("u", "not a url").is_err());
+    }
+
+    #[test]
+    fn issuer_and_redirect_uri_are_kept_verbatim() {
+        // Compared as exact strings by the provider and by discovery: no "/" appended.
+        let p = parse(
+            "oauth2",
+            json!({"oauth2_config": {"client_id": "c", "issuer": "https://idp.example", "redirect_uri": "https://cb.example", "token_endpoint": "https://idp.example"}}),
+        )
+        .unwrap();
+        let o = p.oauth.unwrap();
+        assert_eq!(o.issuer.as_deref(), Some("https://idp.example"));
+        assert_eq!(o.redirect_uri.as_deref(), Some("https://cb.example"));
+        assert_eq!(o.token_endpoint.as_deref(), Some("https://idp.example/"));
     }
 
     #[test]
