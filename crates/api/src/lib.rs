@@ -64,7 +64,16 @@ impl Application {
             .migrate()
             .await
             .context("running database migrations")?;
-        let (ring, source) = keys::load_and_check(&config, &store).await?;
+        let (ring, source) = match keys::load_and_check(&config, &store).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Refusing to start must leave the database byte for byte as found:
+                // closing the pool would let SQLite checkpoint its WAL into the main
+                // file on the last close. The process is about to exit anyway.
+                std::mem::forget(store);
+                return Err(e.into());
+            }
+        };
         match &source {
             keys::KeySource::Generated(path) => tracing::warn!(
                 path = %path.display(),

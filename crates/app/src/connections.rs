@@ -78,7 +78,7 @@ pub enum Credentials {
 /// How many connections a page holds at most.
 pub const MAX_PAGE: u32 = 200;
 /// How often a read-modify-write without a client version is retried on a concurrent write.
-const UPDATE_ATTEMPTS: usize = 3;
+const UPDATE_ATTEMPTS: usize = 10;
 
 impl Credentials {
     /// The connection type name these credentials belong to.
