@@ -299,6 +299,7 @@ async function interaction(req, res) {
 }
 
 async function admin(req, res, path) {
+  if (await refreshAdmin(req, res, path)) return;
   if (path.startsWith('interaction/') && req.method === 'GET') {
     await interaction(req, res);
     return;
@@ -376,13 +377,82 @@ async function checkClientAuth(req, res) {
   return false;
 }
 
+// Refresh requests parked by `POST /__test/refreshes/hold` until `POST /__test/refreshes/release`,
+// before oidc-provider sees them. A parked request whose client went away meanwhile (a killed
+// process) is dropped unprocessed at release, as a request lost on the wire would be: its
+// refresh token is not consumed.
+let holdingRefreshes = false;
+const parkedRefreshes = [];
+
+function isRefreshGrant(req) {
+  if (!(req.headers['content-type'] ?? '').startsWith('application/x-www-form-urlencoded')) {
+    return false;
+  }
+  return new URLSearchParams(req.body).get('grant_type') === 'refresh_token';
+}
+
+function park(req, res) {
+  const entry = { req, res, gone: false, remotePort: req.socket.remotePort };
+  const onGone = () => { entry.gone = true; };
+  req.socket.on('end', onGone);
+  req.socket.on('close', onGone);
+  entry.cleanup = () => {
+    req.socket.off('end', onGone);
+    req.socket.off('close', onGone);
+  };
+  parkedRefreshes.push(entry);
+  log('parked refresh from port', entry.remotePort);
+}
+
+function releaseParked(dispatch) {
+  holdingRefreshes = false;
+  const released = { processed: 0, dropped: 0 };
+  for (const entry of parkedRefreshes.splice(0)) {
+    entry.cleanup();
+    if (entry.gone || entry.req.socket.destroyed) {
+      released.dropped += 1;
+      log('dropped parked refresh from port', entry.remotePort, '(client gone)');
+      entry.res.destroy();
+    } else {
+      released.processed += 1;
+      dispatch(entry.req, entry.res);
+    }
+  }
+  return released;
+}
+
+async function refreshAdmin(req, res, path) {
+  if (path === 'refreshes/hold' && req.method === 'POST') {
+    holdingRefreshes = true;
+    sendJson(res, 200, { holding: true });
+    return true;
+  }
+  if (path === 'refreshes/release' && req.method === 'POST') {
+    sendJson(res, 200, releaseParked(providerCallback));
+    return true;
+  }
+  if (path === 'refreshes/parked' && req.method === 'GET') {
+    sendJson(res, 200, {
+      holding: holdingRefreshes,
+      parked: parkedRefreshes.map((e) => ({ remote_port: e.remotePort, gone: e.gone })),
+    });
+    return true;
+  }
+  return false;
+}
+
 const providerCallback = provider.callback();
 server.on('request', (req, res) => {
   const { pathname } = new URL(req.url, issuer);
   res.on('finish', () => log(req.method, pathname, res.statusCode));
   if (req.method === 'POST' && CLIENT_AUTH_PATHS.has(pathname)) {
     checkClientAuth(req, res).then((ok) => {
-      if (ok) providerCallback(req, res);
+      if (!ok) return;
+      if (holdingRefreshes && pathname === '/token' && isRefreshGrant(req)) {
+        park(req, res);
+        return;
+      }
+      providerCallback(req, res);
     }).catch((err) => {
       log('client auth check error', err.stack ?? err);
       if (!res.headersSent) sendJson(res, 500, { error: 'server_error' });

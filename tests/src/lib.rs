@@ -12,6 +12,6 @@ pub mod server;
 
 pub use browser::Browser;
 pub use oidc_provider::{
-    OidcClient, OidcProvider, OidcProviderOptions, PeerStats, TokenAuthMethod, DENY_LOGIN_HINT,
-    TEST_ACCOUNT_EMAIL, TEST_ACCOUNT_ID,
+    OidcClient, OidcProvider, OidcProviderOptions, ParkedRefresh, PeerStats, ReleasedRefreshes,
+    TokenAuthMethod, DENY_LOGIN_HINT, TEST_ACCOUNT_EMAIL, TEST_ACCOUNT_ID,
 };

@@ -168,6 +168,23 @@ pub struct PeerStats {
     pub token_errors: BTreeMap<String, u64>,
 }
 
+/// A refresh request the peer holds (see [`OidcProvider::hold_refreshes`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ParkedRefresh {
+    /// The client's TCP port, to tell which process sent it.
+    pub remote_port: u16,
+    /// The client closed its connection while the request was parked.
+    pub gone: bool,
+}
+
+/// What [`OidcProvider::release_refreshes`] did with the parked requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct ReleasedRefreshes {
+    pub processed: u64,
+    /// Requests whose client went away: never processed.
+    pub dropped: u64,
+}
+
 #[derive(Debug, Deserialize)]
 struct ReadyLine {
     issuer: String,
@@ -397,6 +414,43 @@ impl OidcProvider {
             .as_str()
             .map(str::to_owned)
             .ok_or_else(|| anyhow!("revoke-grant answered without grant_id: {body}"))
+    }
+
+    /// From now on the peer parks `refresh_token` grant requests before processing them,
+    /// until [`Self::release_refreshes`].
+    pub async fn hold_refreshes(&self) -> Result<()> {
+        let resp = self
+            .http
+            .post(self.admin_url("refreshes/hold"))
+            .send()
+            .await?;
+        resp.error_for_status()?;
+        Ok(())
+    }
+
+    /// The refresh requests parked right now.
+    pub async fn parked_refreshes(&self) -> Result<Vec<ParkedRefresh>> {
+        #[derive(Deserialize)]
+        struct Parked {
+            parked: Vec<ParkedRefresh>,
+        }
+        let resp = self
+            .http
+            .get(self.admin_url("refreshes/parked"))
+            .send()
+            .await?;
+        Ok(resp.error_for_status()?.json::<Parked>().await?.parked)
+    }
+
+    /// Stops holding: parked requests are processed, except those whose client went away
+    /// (dropped without consuming their refresh tokens).
+    pub async fn release_refreshes(&self) -> Result<ReleasedRefreshes> {
+        let resp = self
+            .http
+            .post(self.admin_url("refreshes/release"))
+            .send()
+            .await?;
+        Ok(resp.error_for_status()?.json().await?)
     }
 
     /// RFC 7662 introspection as the resource server client.

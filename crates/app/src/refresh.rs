@@ -529,9 +529,30 @@ impl Latchkey {
             // Another caller in this process may have refreshed while we waited.
             c = check_usable(self.reload(c.id).await?)?;
             if self.wants_refresh(&c) {
-                let outcome = self.refresh_locked(c.id, false).await;
+                let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER_REFRESH;
+                let mut outcome = self.refresh_locked(c.id, false).await;
+                // Busy: another process is refreshing. Wait for its grant; if it died (its
+                // lease lapsed) or gave up without one, the refresh is still to be done:
+                // claim again. Busy calls no provider, so this stays one refresh at most.
+                while matches!(outcome, Ok(RefreshOutcome::Busy))
+                    && tokio::time::Instant::now() < deadline
+                {
+                    let before = c.grant.as_ref().map(|g| g.access_token.clone());
+                    c = self.wait_for_other_refresh(&c, deadline).await?;
+                    let unchanged = c.grant.as_ref().map(|g| &g.access_token) == before.as_ref();
+                    let now = self.now();
+                    let lease_gone = c.refresh.lease.as_ref().is_none_or(|l| l.until < now);
+                    outcome = if c.status == Status::Active
+                        && unchanged
+                        && lease_gone
+                        && self.wants_refresh(&c)
+                    {
+                        self.refresh_locked(c.id, false).await
+                    } else {
+                        Ok(RefreshOutcome::NotDue)
+                    };
+                }
                 match outcome {
-                    Ok(RefreshOutcome::Busy) => c = self.wait_for_other_refresh(&c).await?,
                     Ok(RefreshOutcome::Expired(reason)) => {
                         return Err(AppError::State {
                             code: "connection_expired",
@@ -599,18 +620,24 @@ impl Latchkey {
     }
 
     /// Another process holds the refresh lease: wait until its new grant lands, the lease
-    /// is given back, or a deadline passes.
-    async fn wait_for_other_refresh(&self, c: &Connection) -> Result<Connection, AppError> {
-        let started = tokio::time::Instant::now();
+    /// is given back or lapses, or a deadline passes.
+    async fn wait_for_other_refresh(
+        &self,
+        c: &Connection,
+        deadline: tokio::time::Instant,
+    ) -> Result<Connection, AppError> {
         let before = c.grant.as_ref().map(|g| g.access_token.clone());
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             let now_c = self.reload(c.id).await?;
             let changed = now_c.grant.as_ref().map(|g| g.access_token.clone()) != before;
-            if changed || now_c.refresh.lease.is_none() || now_c.status != Status::Active {
+            // A lease that lapsed is one whose holder died: waiting longer brings nothing.
+            let now = self.now();
+            let lease_gone = now_c.refresh.lease.as_ref().is_none_or(|l| l.until < now);
+            if changed || lease_gone || now_c.status != Status::Active {
                 return Ok(now_c);
             }
-            if started.elapsed() > WAIT_FOR_OTHER_REFRESH {
+            if tokio::time::Instant::now() >= deadline {
                 return Ok(now_c);
             }
         }

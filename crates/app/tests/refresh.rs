@@ -373,6 +373,38 @@ async fn a_live_lease_of_another_worker_is_respected_until_it_lapses() {
     assert_eq!(h.store.connection(id).refresh.lease, None);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_waiting_on_a_crashed_workers_lease_refreshes_once_it_lapses() {
+    let (h, p) = harness();
+    let id = google(&h, &p, "a", Some("rt-1")).await;
+    h.clock.advance(Duration::minutes(DUE));
+    let now = t0() + Duration::minutes(DUE);
+    h.store.write_behind_our_back(id, |c| {
+        c.refresh.lease = Some(Lease {
+            owner: "crashed-worker".into(),
+            until: now + Duration::seconds(30),
+        })
+    });
+    p.push_refresh(Ok(tokens("at-2", Some("rt-2"), Some(3600))));
+
+    let app = h.app.clone();
+    let started = std::time::Instant::now();
+    let caller = tokio::spawn(async move { fetch(&app, id).await });
+    // The caller found the lease taken and waits for its holder.
+    while h.store.calls("claim_refresh") == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(p.refreshes(), 0);
+    // The holder never comes back: once its lease lapses the waiting caller refreshes,
+    // instead of waiting out its whole deadline (and a lock the refresh job needs).
+    h.clock.advance(Duration::seconds(31));
+    assert_eq!(caller.await.unwrap().unwrap(), "at-2");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(p.refreshes(), 1);
+    assert_eq!(h.stored_tokens(id), ("at-2".into(), Some("rt-2".into())));
+    assert_eq!(h.store.connection(id).refresh.lease, None);
+}
+
 // ---------------------------------------------------------------------------------------
 // races with writes of the management API
 // ---------------------------------------------------------------------------------------
