@@ -353,7 +353,7 @@ impl Latchkey {
         reason: &str,
     ) -> Result<RefreshOutcome, AppError> {
         for _ in 0..3 {
-            let Some(mut c) = self.svc.connections.get_connection(claimed.id).await? else {
+            let Some(c) = self.svc.connections.get_connection(claimed.id).await? else {
                 return Ok(RefreshOutcome::Superseded);
             };
             let same_grant = c.grant.as_ref().map(|g| &g.access_token)
@@ -374,32 +374,21 @@ impl Latchkey {
                     .await;
                 return Ok(RefreshOutcome::Superseded);
             }
-            let read_version = c.version;
-            let Some((from, _)) = c.apply(event, self.now())? else {
-                return Ok(RefreshOutcome::Superseded);
-            };
-            c.last_error = Some(reason.to_owned());
-            c.refresh = RefreshSchedule::default();
-            c.version = read_version + 1;
-            let ev = self.event(&c, Some(from), kind, Some(reason.to_owned()));
-            match self
-                .svc
-                .connections
-                .update_connection(&c, read_version, &[ev])
-                .await
-            {
-                Ok(()) => {
+            let id = c.id;
+            match self.write_expiry(c, event, kind, reason).await {
+                Ok(false) => return Ok(RefreshOutcome::Superseded),
+                Ok(true) => {
                     let _ = self
                         .svc
                         .connections
                         .release_refresh(
-                            c.id,
+                            id,
                             owner,
                             &RefreshSchedule::default(),
                             Some(reason.to_owned()),
                         )
                         .await;
-                    tracing::warn!(connection = %c.id, reason, "connection expired");
+                    tracing::warn!(connection = %id, reason, "connection expired");
                     return Ok(RefreshOutcome::Expired(reason.to_owned()));
                 }
                 Err(StoreError::Conflict) => continue,
@@ -495,29 +484,43 @@ impl Latchkey {
             if !still_lapsed {
                 continue;
             }
-            let mut next = current;
-            let read_version = next.version;
-            if let Some((from, _)) = next.apply(LifecycleEvent::Lapsed, self.now())? {
-                next.last_error = Some(reason.clone());
-                next.refresh = RefreshSchedule::default();
-                next.version = read_version + 1;
-                let ev = self.event(&next, Some(from), "lapsed", Some(reason.clone()));
-                match self
-                    .svc
-                    .connections
-                    .update_connection(&next, read_version, &[ev])
-                    .await
-                {
-                    Ok(()) => {
-                        expired += 1;
-                        tracing::warn!(connection = %id, reason, "connection expired");
-                    }
-                    Err(StoreError::Conflict) => {}
-                    Err(e) => return Err(e.into()),
+            match self
+                .write_expiry(current, LifecycleEvent::Lapsed, "lapsed", &reason)
+                .await
+            {
+                Ok(true) => {
+                    expired += 1;
+                    tracing::warn!(connection = %id, reason, "connection expired");
                 }
+                Ok(false) | Err(StoreError::Conflict) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(expired)
+    }
+
+    /// Writes the move of `c` to expired with its reason and event, compare-and-set on
+    /// the version it was read at. `false` when the event does not apply to its status.
+    async fn write_expiry(
+        &self,
+        mut c: Connection,
+        event: LifecycleEvent,
+        kind: &str,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let read_version = c.version;
+        let Ok(Some((from, _))) = c.apply(event, self.now()) else {
+            return Ok(false);
+        };
+        c.last_error = Some(reason.to_owned());
+        c.refresh = RefreshSchedule::default();
+        c.version = read_version + 1;
+        let ev = self.event(&c, Some(from), kind, Some(reason.to_owned()));
+        self.svc
+            .connections
+            .update_connection(&c, read_version, &[ev])
+            .await
+            .map(|()| true)
     }
 
     /// The access token of an active connection, refreshed first when due.
