@@ -148,10 +148,20 @@ impl Latchkey {
             return Ok(RefreshOutcome::NotDue);
         }
         let failures = claimed.refresh.failures.saturating_add(1);
-        let backoff = |retry_after: Option<Duration>| RefreshSchedule {
-            due_at: Some(now + policy.backoff(failures, self.jitter(), retry_after)),
-            failures,
-            lease: None,
+        let backoff = |retry_after: Option<Duration>| {
+            let mut due = now + policy.backoff(failures, self.jitter(), retry_after);
+            // Unless the provider named its own Retry-After, try again before the current
+            // token lapses: a short-lived token must not die of one hiccup.
+            if let (None, Some(expires_at)) = (retry_after, grant.expires_at) {
+                let before_expiry =
+                    (expires_at - Duration::seconds(1)).max(now + Duration::milliseconds(500));
+                due = due.min(before_expiry);
+            }
+            RefreshSchedule {
+                due_at: Some(due),
+                failures,
+                lease: None,
+            }
         };
         let prepared = async {
             let provider = self.resolve_provider(&claimed).await?;

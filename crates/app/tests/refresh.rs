@@ -597,3 +597,29 @@ async fn the_refresh_cycle_counts_failures_and_expirations() {
     assert_eq!(h.store.connection(flaky).status, Status::Active);
     assert_eq!(h.store.connection(flaky).refresh.failures, 1);
 }
+
+#[tokio::test]
+async fn back_off_without_retry_after_never_outlives_the_token() {
+    let (h, p) = harness();
+    let id = google(&h, &p, "a", Some("rt-1")).await;
+    let expires_at = h.store.connection(id).grant.unwrap().expires_at.unwrap();
+    h.clock.advance(Duration::minutes(DUE));
+    // Failures pile up: the doubling back-off would soon reach past the token's expiry.
+    for round in 1..=6u32 {
+        p.push_refresh(transient(None));
+        let report = h.app.run_refresh_cycle().await.unwrap();
+        assert_eq!((report.picked, report.failed), (1, 1), "round {round}");
+        let c = h.store.connection(id);
+        assert_eq!(c.refresh.failures, round);
+        let due = c.refresh.due_at.unwrap();
+        assert!(
+            due <= expires_at - Duration::seconds(1),
+            "round {round}: retry at {due} is after the token lapses at {expires_at}"
+        );
+        h.clock.set(due);
+    }
+    // A late success still saves the grant.
+    p.push_refresh(Ok(tokens("at-2", None, Some(3600))));
+    h.app.run_refresh_cycle().await.unwrap();
+    assert_eq!(h.stored_tokens(id).0, "at-2");
+}

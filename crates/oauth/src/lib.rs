@@ -96,6 +96,11 @@ impl HttpProviderClient {
             .user_agent(settings.user_agent)
             // Second line of defence behind `check_url`.
             .https_only(!settings.allow_insecure_loopback)
+            // No idle keep-alive connections: a pooled connection the provider closes
+            // while we send on it fails ambiguously, and a refresh with a rotating
+            // refresh token can be neither trusted nor retried then. A fresh
+            // connection per call costs a handshake on a path that runs rarely.
+            .pool_max_idle_per_host(0)
             .build()?;
         Ok(Self {
             transport: Transport { http },
