@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::SecretString;
+use zeroize::Zeroize;
 
 use latchkey_app::DefaultClient;
 use latchkey_domain::Provider;
@@ -46,13 +47,46 @@ pub struct Config {
     pub log_json: bool,
     /// Run the background refresh and expiry jobs in this process.
     pub run_jobs: bool,
+    /// Events and flow usages older than this are purged by the background job.
+    pub event_retention: Duration,
+    /// The most connections one project may hold.
+    pub max_connections_per_project: u64,
+    /// Start even when the master key file is readable by group or others (with a warning).
+    pub allow_insecure_key_file: bool,
+}
+
+/// Whether a variable holds a secret that must not stay in the process environment once
+/// read: the master keys, the admin token, OAuth client secrets (and any other
+/// `LATCHKEY_*` key, token or secret), and the database URL, which may carry a password.
+pub fn is_secret_var(name: &str) -> bool {
+    name.starts_with("LATCHKEY_")
+        && (name == "LATCHKEY_DATABASE_URL"
+            || ["_KEY", "_KEYS", "_TOKEN", "_SECRET"]
+                .iter()
+                .any(|suffix| name.ends_with(suffix)))
 }
 
 impl Config {
-    /// Reads the configuration from the process environment.
+    /// Reads the configuration from the process environment, then wipes the secret
+    /// variables ([`is_secret_var`]) from it: removed from the environment, overwritten
+    /// where the kernel keeps the process's initial environment (what
+    /// `/proc/<pid>/environ` shows), and the copies read here zeroed. From then on the
+    /// secrets live only in `secrecy` types, which zero them when dropped.
+    ///
+    /// Call it once, at start-up, before any other thread runs: changing the environment
+    /// while another thread reads it is undefined behaviour in C libraries.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let vars: HashMap<String, String> = std::env::vars().collect();
-        Self::from_vars(&vars)
+        let mut vars: HashMap<String, String> = std::env::vars().collect();
+        let config = Self::from_vars(&vars);
+        let secret: Vec<String> = vars.keys().filter(|k| is_secret_var(k)).cloned().collect();
+        for name in &secret {
+            std::env::remove_var(name);
+        }
+        wipe_initial_environment(&secret);
+        for v in vars.values_mut() {
+            v.zeroize();
+        }
+        config
     }
 
     /// Reads the configuration from a map of variables (tests pass their own).
@@ -156,6 +190,24 @@ impl Config {
             default_clients,
             log_json: get("LATCHKEY_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json")),
             run_jobs: parse_bool(&get, "LATCHKEY_RUN_JOBS", true)?,
+            event_retention: parse_duration_var(
+                &get,
+                "LATCHKEY_EVENT_RETENTION",
+                Duration::from_secs(90 * 86_400),
+            )?,
+            max_connections_per_project: match get("LATCHKEY_MAX_CONNECTIONS_PER_PROJECT") {
+                None => 10_000,
+                Some(v) => match v.parse::<u64>() {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        return Err(invalid(
+                            "LATCHKEY_MAX_CONNECTIONS_PER_PROJECT",
+                            format!("expected a positive whole number, got {v:?}"),
+                        ))
+                    }
+                },
+            },
+            allow_insecure_key_file: parse_bool(&get, "LATCHKEY_ALLOW_INSECURE_KEY_FILE", false)?,
         })
     }
 
@@ -194,7 +246,71 @@ fn parse_duration_var(
     }
 }
 
-/// Seconds (`90`), or a number with a unit: `500ms`, `90s`, `5m`, `1h`.
+/// Overwrites, with zero bytes, the `NAME=value` strings of `names` in the block where
+/// the kernel placed the process's initial environment (`/proc/self/stat` fields
+/// `env_start` and `env_end`), through `/proc/self/mem`. Removing a variable only drops
+/// the C library's pointer to that string; the bytes stay, and `/proc/<pid>/environ`
+/// shows them to every process of the same user. Best effort: where this is not
+/// possible (not Linux, no /proc), the removal from the environment is what remains.
+///
+/// Sound only for strings nothing points to any more: call it after removing the
+/// variables, with no other thread running.
+#[cfg(target_os = "linux")]
+fn wipe_initial_environment(names: &[String]) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    if names.is_empty() {
+        return;
+    }
+    let Some((start, end)) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| env_block(&stat))
+    else {
+        return;
+    };
+    let Ok(mut mem) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/proc/self/mem")
+    else {
+        return;
+    };
+    let Ok(len) = usize::try_from(end.saturating_sub(start)) else {
+        return;
+    };
+    let mut block = vec![0u8; len];
+    if mem.seek(SeekFrom::Start(start)).is_err() || mem.read_exact(&mut block).is_err() {
+        return;
+    }
+    let mut offset = 0;
+    for entry in block.split(|b| *b == 0) {
+        let name = entry.split(|b| *b == b'=').next().unwrap_or_default();
+        if !entry.is_empty() && names.iter().any(|n| n.as_bytes() == name) {
+            let zeros = vec![0u8; entry.len()];
+            let _ = mem
+                .seek(SeekFrom::Start(start + offset as u64))
+                .and_then(|_| mem.write_all(&zeros));
+        }
+        offset += entry.len() + 1;
+    }
+    block.zeroize();
+}
+
+#[cfg(not(target_os = "linux"))]
+fn wipe_initial_environment(_names: &[String]) {}
+
+/// `env_start` and `env_end` (fields 50 and 51) of a `/proc/<pid>/stat` line. The
+/// command name (field 2) is in parentheses and may hold spaces: fields are counted
+/// after its closing parenthesis.
+fn env_block(stat: &str) -> Option<(u64, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3.
+    let start = fields.get(50 - 3)?.parse().ok()?;
+    let end = fields.get(51 - 3)?.parse().ok()?;
+    (start < end).then_some((start, end))
+}
+
+/// Seconds (`90`), or a number with a unit: `500ms`, `90s`, `5m`, `1h`, `90d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -207,9 +323,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => Duration::from_millis(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
         other => {
             return Err(format!(
-                "unknown unit {other:?} in {s:?}; use ms, s, m or h"
+                "unknown unit {other:?} in {s:?}; use ms, s, m, h or d"
             ))
         }
     };
@@ -238,6 +355,7 @@ mod tests {
             ("5m", Some(300_000)),
             ("1h", Some(3_600_000)),
             ("250ms", Some(250)),
+            ("90d", Some(90 * 86_400_000)),
             ("0", None),
             ("5x", None),
             ("m", None),
@@ -263,6 +381,60 @@ mod tests {
         assert_eq!(c.refresh_interval, Duration::from_secs(60));
         assert_eq!(c.refresh_margin, Duration::from_secs(300));
         assert!(!c.allow_insecure_loopback);
+        assert_eq!(c.event_retention, Duration::from_secs(90 * 86_400));
+        assert_eq!(c.max_connections_per_project, 10_000);
+        assert!(!c.allow_insecure_key_file);
+    }
+
+    #[test]
+    fn limits_and_retention() {
+        let c = Config::from_vars(&vars(&[
+            ("LATCHKEY_EVENT_RETENTION", "30d"),
+            ("LATCHKEY_MAX_CONNECTIONS_PER_PROJECT", "25"),
+            ("LATCHKEY_ALLOW_INSECURE_KEY_FILE", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(c.event_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.max_connections_per_project, 25);
+        assert!(c.allow_insecure_key_file);
+    }
+
+    #[test]
+    fn secret_variables() {
+        for name in [
+            "LATCHKEY_MASTER_KEYS",
+            "LATCHKEY_ADMIN_TOKEN",
+            "LATCHKEY_OAUTH_GOOGLE_CLIENT_SECRET",
+            "LATCHKEY_DATABASE_URL",
+        ] {
+            assert!(is_secret_var(name), "{name}");
+        }
+        for name in [
+            "LATCHKEY_LISTEN",
+            "LATCHKEY_OAUTH_GOOGLE_CLIENT_ID",
+            "LATCHKEY_ALLOW_INSECURE_KEY_FILE",
+            "LATCHKEY_LOG",
+            "PATH",
+            "AWS_SECRET",
+        ] {
+            assert!(!is_secret_var(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_environment_block_is_found_in_proc_stat() {
+        // A command name with spaces and parentheses, as the kernel prints it.
+        let mut fields: Vec<String> = (3..=52).map(|i| i.to_string()).collect();
+        fields[50 - 3] = "140737488347000".into();
+        fields[51 - 3] = "140737488349000".into();
+        let stat = format!("1234 (a (b) c) {}", fields.join(" "));
+        assert_eq!(env_block(&stat), Some((140737488347000, 140737488349000)));
+        assert_eq!(env_block("1 (x) S 2 3"), None);
+        #[cfg(target_os = "linux")]
+        {
+            let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+            assert!(env_block(&own).is_some(), "{own}");
+        }
     }
 
     #[test]
@@ -275,6 +447,10 @@ mod tests {
             ("LATCHKEY_ADMIN_TOKEN", "short"),
             ("LATCHKEY_ALLOW_INSECURE_LOOPBACK", "maybe"),
             ("LATCHKEY_OAUTH_GOOGLE_CLIENT_SECRET", "s"),
+            ("LATCHKEY_EVENT_RETENTION", "forever"),
+            ("LATCHKEY_MAX_CONNECTIONS_PER_PROJECT", "0"),
+            ("LATCHKEY_MAX_CONNECTIONS_PER_PROJECT", "-5"),
+            ("LATCHKEY_ALLOW_INSECURE_KEY_FILE", "perhaps"),
         ] {
             let err = Config::from_vars(&vars(&[(k, v)])).unwrap_err().to_string();
             assert!(err.starts_with("LATCHKEY_"), "{k}: {err}");

@@ -29,6 +29,13 @@ pub fn spawn(app: Arc<Latchkey>, interval: Duration) -> tokio::task::JoinHandle<
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "expiry cycle failed"),
             }
+            match app.run_retention_cycle().await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(purged = n, "retention purged old events and usages")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "retention cycle failed"),
+            }
         }
     })
 }

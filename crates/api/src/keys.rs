@@ -66,7 +66,10 @@ pub async fn load_and_check(
             KeyRing::parse(spec.expose_secret()).map_err(KeyError::Invalid)?,
             KeySource::Environment,
         ),
-        None if path.exists() => (read_key_file(&path)?, KeySource::File(path.clone())),
+        None if path.exists() => {
+            check_key_file_mode(&path, config.allow_insecure_key_file)?;
+            (read_key_file(&path)?, KeySource::File(path.clone()))
+        }
         None => {
             let empty = store
                 .is_empty_db()
@@ -116,6 +119,26 @@ pub async fn load_and_check(
     Ok((ring, source))
 }
 
+/// A key file that group or others can read is refused (the keys open every stored
+/// secret), unless `LATCHKEY_ALLOW_INSECURE_KEY_FILE` allows it with a warning.
+fn check_key_file_mode(path: &Path, allow_insecure: bool) -> Result<(), KeyError> {
+    let bad = |reason: String| KeyError::BadFile {
+        path: path.to_owned(),
+        reason,
+    };
+    match crate::files::shared_mode(path).map_err(|e| bad(e.to_string()))? {
+        None => Ok(()),
+        Some(mode) if allow_insecure => {
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "the master key file is accessible to group or others; LATCHKEY_ALLOW_INSECURE_KEY_FILE=true lets the server start anyway. Run chmod 600 on it.");
+            Ok(())
+        }
+        Some(mode) => Err(bad(format!(
+            "it is accessible to group or others (mode {mode:o}); run chmod 600 {}, or set LATCHKEY_ALLOW_INSECURE_KEY_FILE=true to start anyway",
+            path.display()
+        ))),
+    }
+}
+
 fn read_key_file(path: &Path) -> Result<KeyRing, KeyError> {
     let bad = |reason: String| KeyError::BadFile {
         path: path.to_owned(),
@@ -131,7 +154,7 @@ fn generate_key_file(path: &Path) -> Result<KeyRing, KeyError> {
         reason,
     };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+        crate::files::create_private_dir(dir).map_err(|e| fail(e.to_string()))?;
     }
     let ring =
         KeyRing::generate("local1", &mut rand::rngs::OsRng).map_err(|e| fail(e.to_string()))?;

@@ -6,6 +6,7 @@
 
 pub mod adapters;
 pub mod config;
+pub mod files;
 pub mod http;
 mod jobs;
 pub mod keys;
@@ -132,6 +133,8 @@ impl Application {
             },
             default_clients: config.default_clients.clone(),
             worker_id: format!("{}-{}", hostname(), std::process::id()),
+            max_connections_per_project: config.max_connections_per_project,
+            event_retention: chrono::Duration::from_std(config.event_retention)?,
             ..Settings::default()
         };
         let app = Arc::new(Latchkey::new(svc, settings));

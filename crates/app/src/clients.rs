@@ -10,8 +10,9 @@ use latchkey_domain::{
 
 use crate::{AppError, Latchkey, Principal};
 
-/// Input of [`Latchkey::create_oauth_client`].
-#[derive(Debug, Clone)]
+/// Input of [`Latchkey::create_oauth_client`]. Its `Debug` names the settings without
+/// their values (a misplaced secret there must not reach a log).
+#[derive(Clone)]
 pub struct CreateOAuthClient {
     pub name: String,
     /// `None`: usable by every project (admin only).
@@ -21,6 +22,19 @@ pub struct CreateOAuthClient {
     pub client_secret: Option<SecretString>,
     /// For `oauth2` clients: the endpoint fields of `oauth2_config`.
     pub settings: Map<String, Value>,
+}
+
+impl std::fmt::Debug for CreateOAuthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateOAuthClient")
+            .field("name", &self.name)
+            .field("project_id", &self.project_id)
+            .field("kind", &self.kind)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .field("settings", &self.settings.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl Latchkey {

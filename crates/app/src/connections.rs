@@ -9,15 +9,16 @@ use serde_json::Value;
 use latchkey_domain::sealed::fields;
 use latchkey_domain::{
     initial_status, parse_config, Connection, ConnectionEvent, ConnectionId, ConnectionName,
-    ConnectionType, DomainError, FlowId, LifecycleEvent, OAuthClientId, ProjectId, RefreshSchedule,
-    Scope, SealContext, Status, Usage,
+    ConnectionType, DomainError, EventCursor, FlowId, LifecycleEvent, OAuthClientId, ProjectId,
+    RefreshSchedule, Scope, SealContext, Status, Usage,
 };
-use latchkey_ports::{ConnectionQuery, StoreError};
+use latchkey_ports::{ConnectionQuery, EventPage, EventQuery, StoreError};
 
 use crate::{AppError, Latchkey, Principal};
 
-/// Input of [`Latchkey::create_connection`], as the API received it.
-#[derive(Debug, Clone)]
+/// Input of [`Latchkey::create_connection`], as the API received it. Its `Debug` leaves
+/// the configuration out: it holds the secrets.
+#[derive(Clone)]
 pub struct CreateConnection {
     pub project_id: String,
     pub name: String,
@@ -26,8 +27,21 @@ pub struct CreateConnection {
     pub oauth2_client_id: Option<String>,
 }
 
-/// Input of [`Latchkey::update_connection`]: every field optional.
-#[derive(Debug, Clone, Default)]
+impl std::fmt::Debug for CreateConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateConnection")
+            .field("project_id", &self.project_id)
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("config", &"[REDACTED]")
+            .field("oauth2_client_id", &self.oauth2_client_id)
+            .finish()
+    }
+}
+
+/// Input of [`Latchkey::update_connection`]: every field optional. Its `Debug` leaves
+/// the configuration out: it holds the secrets.
+#[derive(Clone, Default)]
 pub struct UpdateConnection {
     pub name: Option<String>,
     /// Replaces the whole configuration (and so the secret fields) of a non-OAuth connection.
@@ -36,12 +50,28 @@ pub struct UpdateConnection {
     pub version: Option<i64>,
 }
 
+impl std::fmt::Debug for UpdateConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateConnection")
+            .field("name", &self.name)
+            .field("config", &self.config.as_ref().map(|_| "[REDACTED]"))
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
 /// A connection with where it is used.
 #[derive(Debug, Clone)]
 pub struct ConnectionDetails {
     pub connection: Connection,
+    /// The [`USED_BY_LIMIT`] most recently used flows, most recent first.
     pub used_by: Vec<Usage>,
+    /// How many distinct flows used the connection (within the retention period).
+    pub used_by_total: u64,
 }
+
+/// How many flows a connection's details list at most.
+pub const USED_BY_LIMIT: u32 = 100;
 
 /// One page of a listing.
 #[derive(Debug, Clone)]
@@ -79,6 +109,19 @@ pub enum Credentials {
 pub const MAX_PAGE: u32 = 200;
 /// How often a read-modify-write without a client version is retried on a concurrent write.
 const UPDATE_ATTEMPTS: usize = 10;
+
+/// A page size as given (default 50), checked against [`MAX_PAGE`].
+fn page_limit(limit: Option<u32>) -> Result<u32, AppError> {
+    let limit = limit.unwrap_or(50);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(DomainError::InvalidField {
+            field: "limit".into(),
+            reason: "must be 1 to 200".into(),
+        }
+        .into());
+    }
+    Ok(limit)
+}
 
 impl Credentials {
     /// The connection type name these credentials belong to.
@@ -217,7 +260,11 @@ impl Latchkey {
         let event = self.event(&connection, None, "created", None);
         self.svc
             .connections
-            .insert_connection(&connection, &event)
+            .insert_connection_capped(
+                &connection,
+                &event,
+                self.settings.max_connections_per_project,
+            )
             .await
             .map_err(|e| match e {
                 StoreError::Duplicate(_) => AppError::NameTaken("connection"),
@@ -234,10 +281,17 @@ impl Latchkey {
     ) -> Result<ConnectionDetails, AppError> {
         principal.require(Scope::ConnectionsRead)?;
         let connection = self.visible_connection(principal, id).await?;
-        let used_by = self.svc.connections.list_usages(id).await?;
+        let used_by = self.svc.connections.list_usages(id, USED_BY_LIMIT).await?;
+        // Counted only when the list may be cut short: below the limit it is complete.
+        let used_by_total = if used_by.len() < USED_BY_LIMIT as usize {
+            used_by.len() as u64
+        } else {
+            self.svc.connections.count_usages(id).await?
+        };
         Ok(ConnectionDetails {
             connection,
             used_by,
+            used_by_total,
         })
     }
 
@@ -264,14 +318,7 @@ impl Latchkey {
             (Some(p), _) => Some(p),
             (None, mine) => mine.cloned(),
         };
-        let limit = limit.unwrap_or(50);
-        if limit == 0 || limit > MAX_PAGE {
-            return Err(DomainError::InvalidField {
-                field: "limit".into(),
-                reason: "must be 1 to 200".into(),
-            }
-            .into());
-        }
+        let limit = page_limit(limit)?;
         let query = ConnectionQuery {
             project_id: project,
             status: status.map(str::parse).transpose()?,
@@ -382,14 +429,49 @@ impl Latchkey {
         }
     }
 
+    /// One page of a connection's history, oldest first. `cursor` is the previous
+    /// page's `next_cursor`; `limit` defaults to 50, at most [`MAX_PAGE`].
     pub async fn connection_events(
         &self,
         principal: &Principal,
         id: ConnectionId,
-    ) -> Result<Vec<ConnectionEvent>, AppError> {
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<EventPage, AppError> {
         principal.require(Scope::ConnectionsRead)?;
+        let limit = page_limit(limit)?;
+        let after = cursor.map(str::parse::<EventCursor>).transpose()?;
         self.visible_connection(principal, id).await?;
-        Ok(self.svc.connections.list_events(id).await?)
+        Ok(self
+            .svc
+            .connections
+            .list_events(id, &EventQuery { after, limit })
+            .await?)
+    }
+
+    /// Retention: deletes the events and flow usages older than the retention period,
+    /// in batches. Returns how many rows went. Run by the background job.
+    pub async fn run_retention_cycle(&self) -> Result<u64, AppError> {
+        const BATCH: u32 = 1_000;
+        // Bounds one cycle's work; the next cycle goes on where this one stopped.
+        const MAX_BATCHES: usize = 50;
+        let before = self.now() - self.settings.event_retention;
+        let mut purged = 0;
+        for _ in 0..MAX_BATCHES {
+            let n = self.svc.connections.purge_events(before, BATCH).await?;
+            purged += n;
+            if n < u64::from(BATCH) {
+                break;
+            }
+        }
+        for _ in 0..MAX_BATCHES {
+            let n = self.svc.connections.purge_usages(before, BATCH).await?;
+            purged += n;
+            if n < u64::from(BATCH) {
+                break;
+            }
+        }
+        Ok(purged)
     }
 
     /// The usable secret for a workflow execution. OAuth tokens inside the refresh

@@ -19,6 +19,9 @@ pub enum AppError {
     NameTaken(&'static str),
     #[error("{0}")]
     InUse(String),
+    /// A quota is used up (the connections of a project).
+    #[error("{0}")]
+    LimitReached(String),
     /// The action does not fit the connection's type or status.
     #[error("{message}")]
     State { code: &'static str, message: String },
@@ -36,6 +39,9 @@ impl From<StoreError> for AppError {
             StoreError::NotFound => AppError::NotFound("record"),
             StoreError::Duplicate(what) => AppError::NameTaken(what),
             StoreError::InUse(m) => AppError::InUse(m),
+            StoreError::LimitReached { limit } => AppError::LimitReached(format!(
+                "the project already has {limit} connections, the most it may have; delete one first"
+            )),
             StoreError::Conflict => AppError::VersionConflict { current: -1 },
             StoreError::Backend(m) => AppError::Internal(format!("store: {m}")),
         }
@@ -45,6 +51,23 @@ impl From<StoreError> for AppError {
 impl From<CipherError> for AppError {
     fn from(e: CipherError) -> Self {
         AppError::Internal(format!("cipher: {e}"))
+    }
+}
+
+/// What a connection shows for a failure on our side.
+pub const INTERNAL_ERROR_MESSAGE: &str = "an internal error occurred; see the server log";
+
+impl AppError {
+    /// A message fit to store on a connection (`last_error`, event reasons), which any
+    /// key holder of the project can read: the error's own text when it is the caller's
+    /// or the provider's business; one fixed sentence for failures on our side (database,
+    /// cipher), whose details stay in the server log.
+    pub fn public_message(&self) -> String {
+        match self {
+            AppError::Internal(_) => INTERNAL_ERROR_MESSAGE.into(),
+            AppError::VersionConflict { .. } => "the connection was changed concurrently".into(),
+            other => other.to_string(),
+        }
     }
 }
 

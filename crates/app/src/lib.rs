@@ -27,9 +27,9 @@ use latchkey_ports::{
 pub use access::{constant_time_eq, IssuedKey, Principal};
 pub use clients::CreateOAuthClient;
 pub use connections::{
-    ConnectionDetails, CreateConnection, Credentials, ListPage, UpdateConnection,
+    ConnectionDetails, CreateConnection, Credentials, ListPage, UpdateConnection, USED_BY_LIMIT,
 };
-pub use error::{AppError, CallbackError};
+pub use error::{AppError, CallbackError, INTERNAL_ERROR_MESSAGE};
 pub use oauth_flow::{CallbackOutcome, CallbackParams};
 pub use refresh::{CycleReport, RefreshOutcome};
 
@@ -74,6 +74,10 @@ pub struct Settings {
     pub refresh_concurrency: usize,
     /// How many due connections one cycle picks up.
     pub refresh_batch: u32,
+    /// The most connections one project may hold (`limit_reached` beyond).
+    pub max_connections_per_project: u64,
+    /// Events and flow usages older than this are purged by the retention cycle.
+    pub event_retention: chrono::Duration,
 }
 
 impl Default for Settings {
@@ -86,6 +90,8 @@ impl Default for Settings {
             worker_id: "latchkey".into(),
             refresh_concurrency: 8,
             refresh_batch: 500,
+            max_connections_per_project: 10_000,
+            event_retention: chrono::Duration::days(90),
         }
     }
 }

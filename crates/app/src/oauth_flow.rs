@@ -27,14 +27,27 @@ const CALLBACK_WRITE_ATTEMPTS: usize = 5;
 #[derive(Debug, Default)]
 pub(crate) struct DiscoveryCache(Mutex<HashMap<String, (DateTime<Utc>, DiscoveredMetadata)>>);
 
-/// The query of a callback request.
-#[derive(Debug, Default, Clone)]
+/// The query of a callback request. Its `Debug` leaves out the state (a single-use
+/// credential until the callback ends); the code is a secret type.
+#[derive(Default, Clone)]
 pub struct CallbackParams {
     pub state: Option<String>,
     pub code: Option<SecretString>,
     pub error: Option<String>,
     pub error_description: Option<String>,
     pub iss: Option<String>,
+}
+
+impl std::fmt::Debug for CallbackParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackParams")
+            .field("state", &self.state.as_ref().map(|_| "[REDACTED]"))
+            .field("code", &self.code)
+            .field("error", &self.error)
+            .field("error_description", &self.error_description)
+            .field("iss", &self.iss)
+            .finish()
+    }
 }
 
 /// A completed authorization.
@@ -292,7 +305,9 @@ impl Latchkey {
                 .userinfo(endpoint.clone(), tokens.access_token.clone())
                 .await
             {
-                Ok(u) => Some(u),
+                // Only a few short identifying claims are kept: the answer is the
+                // provider's to shape, and it is shown to every reader of the project.
+                Ok(u) => latchkey_domain::sanitize_authorized_user(&u),
                 Err(e) => {
                     tracing::warn!(connection = %c.id, error = %e, "userinfo request failed; the connection is authorized without user details");
                     None

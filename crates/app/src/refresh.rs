@@ -175,9 +175,10 @@ impl Latchkey {
         let (provider, refresh_token) = match prepared {
             Ok(p) => p,
             Err(e) => {
-                let message = format!("refresh could not start: {e}");
+                // Stored on the connection: classified text only, details to the log.
+                let message = format!("refresh could not start: {}", e.public_message());
                 tracing::error!(connection = %id, error = %e, "refresh could not start");
-                release(backoff(None), Some(safe_message(&e, &message))).await;
+                release(backoff(None), Some(message.clone())).await;
                 return Ok(RefreshOutcome::Failed(message));
             }
         };
@@ -472,7 +473,7 @@ impl Latchkey {
                     }
                     Err(e) => format!(
                         "the access token expired and could not be refreshed: {}",
-                        safe_message(&e, "internal error")
+                        e.public_message()
                     ),
                     Ok(_) => continue,
                 }
@@ -675,14 +676,6 @@ fn check_usable(c: Connection) -> Result<Connection, AppError> {
                     .unwrap_or_default()
             ),
         }),
-    }
-}
-
-/// An error message fit to store on a connection: internal details stay in the logs.
-fn safe_message(e: &AppError, fallback: &str) -> String {
-    match e {
-        AppError::Internal(_) => fallback.to_owned(),
-        other => other.to_string(),
     }
 }
 

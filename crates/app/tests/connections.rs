@@ -139,7 +139,7 @@ async fn create_with_a_failing_cipher_saves_nothing() {
         .times(1)
         .returning(|_, _| Err(CipherError::UnknownKey("k7".into())));
     let mut store = MockConnectionStore::new();
-    store.expect_insert_connection().never();
+    store.expect_insert_connection_capped().never();
     p.services.cipher = Arc::new(cipher);
     p.services.connections = Arc::new(store);
     let app = Latchkey::new(p.services, settings());
@@ -200,7 +200,7 @@ async fn create_with_an_unknown_type_lists_the_accepted_ones() {
         }
         other => panic!("want UnknownType, got {other:?}"),
     }
-    assert_eq!(h.store.calls("insert_connection"), 0);
+    assert_eq!(h.store.calls("insert_connection_capped"), 0);
 }
 
 #[tokio::test]
@@ -214,7 +214,7 @@ async fn a_key_cannot_create_in_another_project() {
         .await
         .unwrap_err();
     assert!(matches!(err, AppError::Forbidden(_)), "{err:?}");
-    assert_eq!(h.store.calls("insert_connection"), 0);
+    assert_eq!(h.store.calls("insert_connection_capped"), 0);
 }
 
 #[tokio::test]
@@ -265,7 +265,11 @@ async fn a_key_sees_another_projects_connections_as_not_found() {
         matches!(creds, AppError::NotFound("connection")),
         "{creds:?}"
     );
-    let events = h.app.connection_events(&mine, theirs.id).await.unwrap_err();
+    let events = h
+        .app
+        .connection_events(&mine, theirs.id, None, None)
+        .await
+        .unwrap_err();
     assert!(
         matches!(events, AppError::NotFound("connection")),
         "{events:?}"

@@ -47,7 +47,10 @@ pub use connection::{
 pub use error::DomainError;
 pub use ids::{AccessKeyId, ConnectionId, EventId, FlowId, OAuthClientId, ProjectId};
 pub use provider::{Provider, ProviderSpec, TokenAuthMethod};
-pub use records::{AccessKey, AuthSession, ConnectionEvent, OAuthClient, Scope, Usage};
+pub use records::{
+    sanitize_authorized_user, AccessKey, AuthSession, ConnectionEvent, EventCursor, OAuthClient,
+    Scope, Usage,
+};
 pub use refresh::RefreshPolicy;
 pub use sealed::{SealContext, Sealed};
 

@@ -11,8 +11,8 @@ use secrecy::{SecretBox, SecretString};
 use latchkey_domain::oauth::{ClientCredentials, DiscoveredMetadata, TokenResponse};
 use latchkey_domain::{
     AccessKey, AccessKeyId, AuthSession, Connection, ConnectionEvent, ConnectionId, ConnectionType,
-    FlowId, Grant, Lease, OAuthClient, OAuthClientId, ProjectId, RefreshSchedule, SealContext,
-    Sealed, Status, Usage,
+    EventCursor, FlowId, Grant, Lease, OAuthClient, OAuthClientId, ProjectId, RefreshSchedule,
+    SealContext, Sealed, Status, Usage,
 };
 
 #[cfg(feature = "mocks")]
@@ -36,6 +36,9 @@ pub enum StoreError {
     InUse(String),
     #[error("record not found")]
     NotFound,
+    /// The project already holds the most connections it may (`insert_connection_capped`).
+    #[error("the project already has {limit} connections, the most it may have")]
+    LimitReached { limit: u64 },
     /// The database failed or could not be reached. The message is for logs only.
     #[error("database error: {0}")]
     Backend(String),
@@ -53,6 +56,23 @@ pub struct ConnectionQuery {
     pub limit: u32,
 }
 
+/// A page of a connection's events, oldest first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Return events after this one (`EventPage::next_cursor` of the previous page).
+    pub after: Option<EventCursor>,
+    /// At most this many; at least 1.
+    pub limit: u32,
+}
+
+/// One page of events, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventPage {
+    pub events: Vec<ConnectionEvent>,
+    /// Where the next page starts; `None` on the last page.
+    pub next_cursor: Option<EventCursor>,
+}
+
 /// Persistence of connections and their events, usages and refresh claims.
 ///
 /// Every write of a connection compares-and-sets on `version`: the caller passes the
@@ -66,6 +86,17 @@ pub trait ConnectionStore: Send + Sync {
         &self,
         connection: &Connection,
         event: &ConnectionEvent,
+    ) -> Result<(), StoreError>;
+
+    /// Like `insert_connection`, but only while the connection's project holds fewer than
+    /// `max_in_project` connections; `LimitReached` otherwise. The count and the insert
+    /// are serialised per project (a per-project advisory lock on PostgreSQL, the single
+    /// writer on SQLite), so concurrent creators never pass the cap.
+    async fn insert_connection_capped(
+        &self,
+        connection: &Connection,
+        event: &ConnectionEvent,
+        max_in_project: u64,
     ) -> Result<(), StoreError>;
 
     async fn get_connection(&self, id: ConnectionId) -> Result<Option<Connection>, StoreError>;
@@ -101,11 +132,28 @@ pub trait ConnectionStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
-    /// Ordered by most recent use first.
-    async fn list_usages(&self, id: ConnectionId) -> Result<Vec<Usage>, StoreError>;
+    /// The `limit` most recently used flows, most recent use first (ties by flow id).
+    async fn list_usages(&self, id: ConnectionId, limit: u32) -> Result<Vec<Usage>, StoreError>;
 
-    /// Oldest first.
-    async fn list_events(&self, id: ConnectionId) -> Result<Vec<ConnectionEvent>, StoreError>;
+    /// How many distinct flows used the connection (within the retention period).
+    async fn count_usages(&self, id: ConnectionId) -> Result<u64, StoreError>;
+
+    /// One page of the connection's events, oldest first (by time, then insertion).
+    async fn list_events(
+        &self,
+        id: ConnectionId,
+        query: &EventQuery,
+    ) -> Result<EventPage, StoreError>;
+
+    /// Retention: deletes up to `batch` events (oldest first) that happened before
+    /// `before`, by a range over an index on the event time. Returns how many went;
+    /// fewer than `batch` means none older is left. Callers repeat it to purge more, so
+    /// no statement holds locks for long.
+    async fn purge_events(&self, before: DateTime<Utc>, batch: u32) -> Result<u64, StoreError>;
+
+    /// Retention: deletes up to `batch` usages (flows) last used before `before`, like
+    /// `purge_events`.
+    async fn purge_usages(&self, before: DateTime<Utc>, batch: u32) -> Result<u64, StoreError>;
 
     /// Active connections whose refresh is due at `now` and not leased by a live worker,
     /// most overdue first. Served by an index on the due time.

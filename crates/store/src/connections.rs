@@ -3,14 +3,15 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use latchkey_domain::{
-    Connection, ConnectionEvent, ConnectionId, FlowId, Grant, Lease, RefreshSchedule, Status, Usage,
+    Connection, ConnectionEvent, ConnectionId, EventCursor, FlowId, Grant, Lease, RefreshSchedule,
+    Status, Usage,
 };
-use latchkey_ports::{ConnectionQuery, ConnectionStore, StoreError};
-use sea_orm::sea_query::{Alias, Expr, OnConflict};
+use latchkey_ports::{ConnectionQuery, ConnectionStore, EventPage, EventQuery, StoreError};
+use sea_orm::sea_query::{Alias, Expr, OnConflict, Query};
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
 };
 
 use crate::convert::{
@@ -21,6 +22,10 @@ use crate::time::to_millis;
 use crate::{backend, SeaStore};
 
 use connections::Column as C;
+
+/// First key of the advisory lock that serialises connection creation per project on
+/// PostgreSQL (the second key is the project id's hash). Arbitrary; "Lk" + "cap".
+const PG_PROJECT_CAP_LOCK: i32 = 0x4c6b_6361;
 
 /// Errors of writing a connection row: name clashes and unknown OAuth clients get
 /// their own meaning.
@@ -91,6 +96,49 @@ impl ConnectionStore for SeaStore {
             .exec_without_returning(&txn)
             .await
             .map_err(connection_write_error)?;
+        insert_events(&txn, std::slice::from_ref(event)).await?;
+        txn.commit().await.map_err(backend)
+    }
+
+    async fn insert_connection_capped(
+        &self,
+        connection: &Connection,
+        event: &ConnectionEvent,
+        max_in_project: u64,
+    ) -> Result<(), StoreError> {
+        let project = connection.project_id.as_str();
+        let txn = self.db.begin().await.map_err(backend)?;
+        if txn.get_database_backend() == DbBackend::Postgres {
+            // Serialises creators of the same project until commit: the count below then
+            // sees every connection committed before ours, so the cap is exact. Other
+            // projects hash to other keys (a collision only makes two projects wait on
+            // each other, never passes a cap).
+            txn.execute(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                [PG_PROJECT_CAP_LOCK.into(), project.into()],
+            ))
+            .await
+            .map_err(backend)?;
+        }
+        // On SQLite the insert comes first: it takes the database's single write lock,
+        // which other writers wait for until this transaction ends, so the count that
+        // follows is exact there too.
+        connections::Entity::insert(connection_row(connection))
+            .exec_without_returning(&txn)
+            .await
+            .map_err(connection_write_error)?;
+        let count = connections::Entity::find()
+            .filter(C::ProjectId.eq(project))
+            .count(&txn)
+            .await
+            .map_err(backend)?;
+        if count > max_in_project {
+            txn.rollback().await.map_err(backend)?;
+            return Err(StoreError::LimitReached {
+                limit: max_in_project,
+            });
+        }
         insert_events(&txn, std::slice::from_ref(event)).await?;
         txn.commit().await.map_err(backend)
     }
@@ -271,12 +319,17 @@ impl ConnectionStore for SeaStore {
         txn.commit().await.map_err(backend)
     }
 
-    async fn list_usages(&self, id: ConnectionId) -> Result<Vec<Usage>, StoreError> {
+    /// Served by the index on (connection_id, last_used_at).
+    async fn list_usages(&self, id: ConnectionId, limit: u32) -> Result<Vec<Usage>, StoreError> {
         use connection_usages::Column as U;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         connection_usages::Entity::find()
             .filter(U::ConnectionId.eq(id.to_string()))
             .order_by_desc(U::LastUsedAt)
             .order_by_asc(U::FlowId)
+            .limit(u64::from(limit))
             .all(&self.db)
             .await
             .map_err(backend)?
@@ -285,18 +338,108 @@ impl ConnectionStore for SeaStore {
             .collect()
     }
 
-    async fn list_events(&self, id: ConnectionId) -> Result<Vec<ConnectionEvent>, StoreError> {
+    async fn count_usages(&self, id: ConnectionId) -> Result<u64, StoreError> {
+        use connection_usages::Column as U;
+        connection_usages::Entity::find()
+            .filter(U::ConnectionId.eq(id.to_string()))
+            .count(&self.db)
+            .await
+            .map_err(backend)
+    }
+
+    /// A keyset page over the index on (connection_id, at, seq).
+    async fn list_events(
+        &self,
+        id: ConnectionId,
+        query: &EventQuery,
+    ) -> Result<EventPage, StoreError> {
         use connection_events::Column as E;
-        connection_events::Entity::find()
-            .filter(E::ConnectionId.eq(id.to_string()))
+        let limit = query.limit.max(1);
+        let mut q = connection_events::Entity::find().filter(E::ConnectionId.eq(id.to_string()));
+        if let Some(after) = query.after {
+            q = q.filter(
+                Condition::any().add(E::At.gt(after.at_ms)).add(
+                    Condition::all()
+                        .add(E::At.eq(after.at_ms))
+                        .add(E::Seq.gt(after.seq)),
+                ),
+            );
+        }
+        let mut rows = q
             .order_by_asc(E::At)
             .order_by_asc(E::Seq)
+            .limit(u64::from(limit) + 1)
             .all(&self.db)
             .await
-            .map_err(backend)?
+            .map_err(backend)?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next_cursor = if more {
+            rows.last().map(|r| EventCursor {
+                at_ms: r.at,
+                seq: r.seq,
+            })
+        } else {
+            None
+        };
+        let events = rows
             .into_iter()
             .map(event_from_row)
-            .collect()
+            .collect::<Result<Vec<ConnectionEvent>, StoreError>>()?;
+        Ok(EventPage {
+            events,
+            next_cursor,
+        })
+    }
+
+    /// `DELETE ... WHERE seq IN (SELECT seq ... WHERE at < ? ORDER BY at LIMIT n)`: the
+    /// inner range runs over the index on `at`, and the batch bounds the statement.
+    async fn purge_events(&self, before: DateTime<Utc>, batch: u32) -> Result<u64, StoreError> {
+        use connection_events::Column as E;
+        if batch == 0 {
+            return Ok(0);
+        }
+        let oldest = Query::select()
+            .column(E::Seq)
+            .from(connection_events::Entity)
+            .and_where(Expr::col(E::At).lt(to_millis(before)))
+            .order_by(E::At, sea_orm::Order::Asc)
+            .limit(u64::from(batch))
+            .to_owned();
+        let res = connection_events::Entity::delete_many()
+            .filter(E::Seq.in_subquery(oldest))
+            .exec(&self.db)
+            .await
+            .map_err(backend)?;
+        Ok(res.rows_affected)
+    }
+
+    /// Like `purge_events`, over the index on `last_used_at`; rows are picked by their
+    /// (connection_id, flow_id) key.
+    async fn purge_usages(&self, before: DateTime<Utc>, batch: u32) -> Result<u64, StoreError> {
+        use connection_usages::Column as U;
+        if batch == 0 {
+            return Ok(0);
+        }
+        let oldest = Query::select()
+            .columns([U::ConnectionId, U::FlowId])
+            .from(connection_usages::Entity)
+            .and_where(Expr::col(U::LastUsedAt).lt(to_millis(before)))
+            .order_by(U::LastUsedAt, sea_orm::Order::Asc)
+            .limit(u64::from(batch))
+            .to_owned();
+        let res = connection_usages::Entity::delete_many()
+            .filter(
+                Expr::tuple([
+                    Expr::col(U::ConnectionId).into(),
+                    Expr::col(U::FlowId).into(),
+                ])
+                .in_subquery(oldest),
+            )
+            .exec(&self.db)
+            .await
+            .map_err(backend)?;
+        Ok(res.rows_affected)
     }
 
     async fn due_for_refresh(

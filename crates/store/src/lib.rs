@@ -244,8 +244,17 @@ async fn connect_sqlite(url: &str) -> Result<DatabaseConnection, StoreError> {
         .map_err(|e| StoreError::Backend(format!("cannot open SQLite database: {e}")))
 }
 
+/// Creates the database directory readable by its owner only (0700): it holds every
+/// sealed secret. An existing directory is left as it is.
 fn create_dir(dir: &Path) -> Result<(), StoreError> {
-    std::fs::create_dir_all(dir).map_err(|e| {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|e| {
         StoreError::Backend(format!(
             "cannot create the database directory {}: {e}",
             dir.display()

@@ -10,7 +10,7 @@ pub(crate) struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(M0001Initial)]
+        vec![Box::new(M0001Initial), Box::new(M0002HistoryIndexes)]
     }
 
     /// Our own name, so the table cannot clash with another sea-orm application
@@ -436,6 +436,76 @@ impl MigrationTrait for M0001Initial {
             OauthClients::Table.into_iden(),
         ] {
             m.drop_table(Table::drop().table(table).if_exists().to_owned())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Indexes for retention and for the bounded listings of events and usages.
+struct M0002HistoryIndexes;
+
+// Named by hand: the derive names a migration after its file, and this file holds several.
+impl MigrationName for M0002HistoryIndexes {
+    fn name(&self) -> &str {
+        "m0002_history_indexes"
+    }
+}
+
+#[allow(elided_lifetimes_in_paths)]
+#[async_trait::async_trait]
+impl MigrationTrait for M0002HistoryIndexes {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        // Retention deletes events by time across every connection.
+        m.create_index(
+            Index::create()
+                .name("ix_connection_events_at")
+                .table(ConnectionEvents::Table)
+                .col(ConnectionEvents::At)
+                .if_not_exists()
+                .to_owned(),
+        )
+        .await?;
+        // Retention deletes usages by last use across every connection.
+        m.create_index(
+            Index::create()
+                .name("ix_connection_usages_last_used")
+                .table(ConnectionUsages::Table)
+                .col(ConnectionUsages::LastUsedAt)
+                .if_not_exists()
+                .to_owned(),
+        )
+        .await?;
+        // A connection's most recently used flows, without sorting all of them.
+        m.create_index(
+            Index::create()
+                .name("ix_connection_usages_recent")
+                .table(ConnectionUsages::Table)
+                .col(ConnectionUsages::ConnectionId)
+                .col(ConnectionUsages::LastUsedAt)
+                .if_not_exists()
+                .to_owned(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        for (name, table) in [
+            (
+                "ix_connection_usages_recent",
+                ConnectionUsages::Table.into_iden(),
+            ),
+            (
+                "ix_connection_usages_last_used",
+                ConnectionUsages::Table.into_iden(),
+            ),
+            (
+                "ix_connection_events_at",
+                ConnectionEvents::Table.into_iden(),
+            ),
+        ] {
+            m.drop_index(Index::drop().name(name).table(table).if_exists().to_owned())
                 .await?;
         }
         Ok(())

@@ -10,11 +10,12 @@ use std::collections::HashSet;
 
 use common::*;
 use latchkey_domain::{
-    AccessKeyId, ConnectionType, FlowId, OAuthClientId, Provider, RefreshSchedule, Sealed, Status,
+    AccessKeyId, ConnectionEvent, ConnectionId, ConnectionType, EventCursor, FlowId, OAuthClientId,
+    Provider, RefreshSchedule, Sealed, Status,
 };
 use latchkey_ports::{
-    AccessKeyStore, AuthSessionStore, ConnectionQuery, ConnectionStore, OAuthClientStore,
-    StoreError,
+    AccessKeyStore, AuthSessionStore, ConnectionQuery, ConnectionStore, EventQuery,
+    OAuthClientStore, StoreError,
 };
 use latchkey_store::SeaStore;
 use sea_orm::ConnectionTrait;
@@ -53,6 +54,11 @@ suite!(
     delete_cascades,
     usage_upsert,
     events_keep_order,
+    events_are_paged,
+    usages_are_bounded_and_counted,
+    retention_purges_old_history_only,
+    connection_cap_per_project,
+    concurrent_creators_never_pass_the_cap,
     due_for_refresh_order_limit_and_leases,
     past_expiry,
     concurrent_claims_have_one_winner,
@@ -73,6 +79,22 @@ suite!(
 
 fn flow(f: &str) -> FlowId {
     FlowId::parse(f).unwrap()
+}
+
+/// Every event of a connection (one big page).
+async fn all_events(store: &SeaStore, id: ConnectionId) -> Vec<ConnectionEvent> {
+    let page = store
+        .list_events(
+            id,
+            &EventQuery {
+                after: None,
+                limit: 1000,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(page.next_cursor.is_none());
+    page.events
 }
 
 mod cases {
@@ -278,7 +300,7 @@ mod cases {
         assert!(matches!(err, StoreError::Duplicate("name")), "{err:?}");
         // Nothing of the refused insert remains, not even its event.
         assert!(store.get_connection(b.id).await.unwrap().is_none());
-        assert!(store.list_events(b.id).await.unwrap().is_empty());
+        assert!(all_events(&store, b.id).await.is_empty());
 
         // Same name in another project is fine.
         let c = api_key("p2", "same");
@@ -322,7 +344,7 @@ mod cases {
             .await
             .unwrap();
         assert_eq!(store.get_connection(c.id).await.unwrap().unwrap(), next);
-        assert_eq!(store.list_events(c.id).await.unwrap().len(), 2);
+        assert_eq!(all_events(&store, c.id).await.len(), 2);
 
         // Stale version: Conflict, and neither the row nor the events change.
         let mut stale = c.clone();
@@ -335,7 +357,7 @@ mod cases {
             .unwrap_err();
         assert!(matches!(err, StoreError::Conflict), "{err:?}");
         assert_eq!(store.get_connection(c.id).await.unwrap().unwrap(), next);
-        assert_eq!(store.list_events(c.id).await.unwrap().len(), 2);
+        assert_eq!(all_events(&store, c.id).await.len(), 2);
 
         // Missing id: NotFound.
         let mut ghost = api_key("p1", "ghost");
@@ -358,7 +380,7 @@ mod cases {
             event(&c, Some(Status::Active), Status::Active, "note", t(70)),
         ];
         store.update_connection(&third, 2, &evs).await.unwrap();
-        let events = store.list_events(c.id).await.unwrap();
+        let events = all_events(&store, c.id).await;
         assert_eq!(events.len(), 4);
         assert_eq!(events[2..], evs[..]);
     }
@@ -385,8 +407,8 @@ mod cases {
 
         assert!(store.delete_connection(c.id).await.unwrap());
         assert!(store.get_connection(c.id).await.unwrap().is_none());
-        assert!(store.list_events(c.id).await.unwrap().is_empty());
-        assert!(store.list_usages(c.id).await.unwrap().is_empty());
+        assert!(all_events(&store, c.id).await.is_empty());
+        assert!(store.list_usages(c.id, 1000).await.unwrap().is_empty());
         assert!(store
             .take_auth_session("hash-doomed")
             .await
@@ -396,8 +418,8 @@ mod cases {
 
         // The neighbour is untouched.
         assert!(store.get_connection(keep.id).await.unwrap().is_some());
-        assert_eq!(store.list_events(keep.id).await.unwrap().len(), 1);
-        assert_eq!(store.list_usages(keep.id).await.unwrap().len(), 1);
+        assert_eq!(all_events(&store, keep.id).await.len(), 1);
+        assert_eq!(store.list_usages(keep.id, 1000).await.unwrap().len(), 1);
         assert!(store
             .take_auth_session("hash-kept")
             .await
@@ -450,7 +472,7 @@ mod cases {
             Some(t(40))
         );
 
-        let usages = store.list_usages(c.id).await.unwrap();
+        let usages = store.list_usages(c.id, 1000).await.unwrap();
         assert_eq!(usages.len(), 2);
         // Most recent first.
         assert_eq!(usages[0].flow_id, flow("a"));
@@ -468,7 +490,7 @@ mod cases {
             .record_usage(c.id, Some(flow("b")), t(1))
             .await
             .unwrap();
-        let b = store.list_usages(c.id).await.unwrap().pop().unwrap();
+        let b = store.list_usages(c.id, 1000).await.unwrap().pop().unwrap();
         assert_eq!((b.first_used_at, b.last_used_at, b.count), (t(1), t(25), 2));
 
         // A version-guarded update still succeeds after usages.
@@ -494,7 +516,7 @@ mod cases {
         for task in tasks {
             task.await.unwrap().unwrap();
         }
-        let busy = store.list_usages(c.id).await.unwrap().remove(0);
+        let busy = store.list_usages(c.id, 1000).await.unwrap().remove(0);
         assert_eq!(busy.flow_id, flow("busy"));
         assert_eq!(
             (busy.count, busy.first_used_at, busy.last_used_at),
@@ -507,7 +529,7 @@ mod cases {
         let c = oauth("p1", "evented", None, None);
         let first = created(&c);
         store.insert_connection(&c, &first).await.unwrap();
-        assert_eq!(store.list_events(c.id).await.unwrap(), vec![first.clone()]);
+        assert_eq!(all_events(&store, c.id).await, vec![first.clone()]);
         let mut want = vec![first];
         for (version, batch) in (c.version..).zip(0..4) {
             // Several events in the same millisecond keep their insertion order.
@@ -527,8 +549,259 @@ mod cases {
             store.update_connection(&next, version, &evs).await.unwrap();
             want.extend(evs);
         }
-        assert_eq!(store.list_events(c.id).await.unwrap(), want);
-        assert!(store.list_events(new_id()).await.unwrap().is_empty());
+        assert_eq!(all_events(&store, c.id).await, want);
+        assert!(all_events(&store, new_id()).await.is_empty());
+    }
+
+    pub async fn events_are_paged(db: &TestDb) {
+        let store = db.store().await;
+        let c = oauth("p1", "paged", None, None);
+        let first = created(&c);
+        store.insert_connection(&c, &first).await.unwrap();
+        let other = oauth("p1", "neighbour", None, None);
+        store
+            .insert_connection(&other, &created(&other))
+            .await
+            .unwrap();
+        // 11 more events: several in one millisecond, and one written later but dated
+        // earlier than its predecessors (clocks of two replicas).
+        let mut want = vec![first];
+        let times = [5, 5, 5, 6, 7, 7, 9, 9, 9, 10, 8];
+        for (version, (i, at)) in (c.version..).zip(times.into_iter().enumerate()) {
+            let ev = event(&c, None, Status::Active, &format!("e{i}"), t(at));
+            let mut next = c.clone();
+            next.version = version + 1;
+            store
+                .update_connection(&next, version, std::slice::from_ref(&ev))
+                .await
+                .unwrap();
+            want.push(ev);
+        }
+        want.sort_by_key(|e| e.at); // stable: same-time events keep insertion order
+        for limit in [1, 3, 4, 12, 13] {
+            let mut got = Vec::new();
+            let mut after = None;
+            let mut pages = 0;
+            loop {
+                let page = store
+                    .list_events(c.id, &EventQuery { after, limit })
+                    .await
+                    .unwrap();
+                pages += 1;
+                assert!(page.events.len() <= limit as usize);
+                got.extend(page.events);
+                match page.next_cursor {
+                    // A cursor survives its text form.
+                    Some(cur) => after = Some(cur.to_string().parse::<EventCursor>().unwrap()),
+                    None => break,
+                }
+                assert!(pages < 20, "paging does not end");
+            }
+            assert_eq!(got, want, "limit {limit}");
+            assert_eq!(
+                pages,
+                want.len().div_ceil(limit as usize).max(1),
+                "limit {limit}"
+            );
+        }
+        // A cursor past the end gives an empty last page.
+        let page = store
+            .list_events(
+                c.id,
+                &EventQuery {
+                    after: Some(EventCursor {
+                        at_ms: i64::MAX,
+                        seq: 0,
+                    }),
+                    limit: 5,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(page.events.is_empty() && page.next_cursor.is_none());
+    }
+
+    pub async fn usages_are_bounded_and_counted(db: &TestDb) {
+        let store = db.store().await;
+        let c = api_key("p1", "popular");
+        store.insert_connection(&c, &created(&c)).await.unwrap();
+        let quiet = api_key("p1", "quiet");
+        store
+            .insert_connection(&quiet, &created(&quiet))
+            .await
+            .unwrap();
+        assert_eq!(store.count_usages(quiet.id).await.unwrap(), 0);
+        for i in 0..30 {
+            store
+                .record_usage(c.id, Some(flow(&format!("f{i:02}"))), t(i))
+                .await
+                .unwrap();
+        }
+        // A second use of an old flow makes it the most recent.
+        store
+            .record_usage(c.id, Some(flow("f03")), t(100))
+            .await
+            .unwrap();
+        assert_eq!(store.count_usages(c.id).await.unwrap(), 30);
+        let top = store.list_usages(c.id, 5).await.unwrap();
+        let names: Vec<_> = top.iter().map(|u| u.flow_id.as_str().to_owned()).collect();
+        assert_eq!(names, ["f03", "f29", "f28", "f27", "f26"]);
+        assert_eq!(top[0].count, 2);
+        assert!(store.list_usages(c.id, 0).await.unwrap().is_empty());
+        assert_eq!(store.list_usages(c.id, 1000).await.unwrap().len(), 30);
+        assert!(store.list_usages(quiet.id, 5).await.unwrap().is_empty());
+    }
+
+    pub async fn retention_purges_old_history_only(db: &TestDb) {
+        let store = db.store().await;
+        let a = oauth("p1", "a", None, None);
+        let b = api_key("p2", "b");
+        let mut want_events = Vec::new();
+        for c in [&a, &b] {
+            // Created at t(0); then events at t(10) .. t(14) and usages at the same times.
+            store.insert_connection(c, &created(c)).await.unwrap();
+            for (version, i) in (c.version..).zip(0..5) {
+                let ev = event(c, None, c.status, &format!("k{i}"), t(10 + i));
+                let mut next = c.clone();
+                next.version = version + 1;
+                store
+                    .update_connection(&next, version, std::slice::from_ref(&ev))
+                    .await
+                    .unwrap();
+                if 10 + i >= 13 {
+                    want_events.push(ev);
+                }
+                store
+                    .record_usage(c.id, Some(flow(&format!("u{i}"))), t(10 + i))
+                    .await
+                    .unwrap();
+            }
+        }
+        // Purge what happened before t(13), in batches of 3.
+        let mut events_gone = 0;
+        let mut rounds = 0;
+        loop {
+            let n = store.purge_events(t(13), 3).await.unwrap();
+            assert!(n <= 3);
+            events_gone += n;
+            rounds += 1;
+            if n < 3 {
+                break;
+            }
+        }
+        // Per connection: created + k0..k2.
+        assert_eq!(events_gone, 8);
+        assert_eq!(rounds, 3);
+        let mut usages_gone = 0;
+        loop {
+            let n = store.purge_usages(t(13), 3).await.unwrap();
+            assert!(n <= 3);
+            usages_gone += n;
+            if n < 3 {
+                break;
+            }
+        }
+        assert_eq!(usages_gone, 6);
+        let mut left = all_events(&store, a.id).await;
+        left.extend(all_events(&store, b.id).await);
+        assert_eq!(left, want_events);
+        for c in [&a, &b] {
+            let flows: Vec<_> = store
+                .list_usages(c.id, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|u| u.flow_id.as_str().to_owned())
+                .collect();
+            assert_eq!(flows, ["u4", "u3"]);
+            assert_eq!(store.count_usages(c.id).await.unwrap(), 2);
+            // The connections themselves stay.
+            assert!(store.get_connection(c.id).await.unwrap().is_some());
+        }
+        // Nothing older is left: a second purge deletes nothing.
+        assert_eq!(store.purge_events(t(13), 100).await.unwrap(), 0);
+        assert_eq!(store.purge_usages(t(13), 100).await.unwrap(), 0);
+        assert_eq!(store.purge_events(t(13), 0).await.unwrap(), 0);
+    }
+
+    pub async fn connection_cap_per_project(db: &TestDb) {
+        let store = db.store().await;
+        for i in 0..3 {
+            let c = api_key("capped", &format!("c{i}"));
+            store
+                .insert_connection_capped(&c, &created(&c), 3)
+                .await
+                .unwrap();
+        }
+        let over = api_key("capped", "c3");
+        let err = store
+            .insert_connection_capped(&over, &created(&over), 3)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::LimitReached { limit: 3 }),
+            "{err:?}"
+        );
+        // Nothing of the refused connection was written, its event included.
+        assert!(store.get_connection(over.id).await.unwrap().is_none());
+        assert!(all_events(&store, over.id).await.is_empty());
+        // Another project is not affected; a name clash is still a clash.
+        let elsewhere = api_key("other", "c0");
+        store
+            .insert_connection_capped(&elsewhere, &created(&elsewhere), 3)
+            .await
+            .unwrap();
+        let clash = api_key("other", "c0");
+        let err = store
+            .insert_connection_capped(&clash, &created(&clash), 3)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Duplicate("name")), "{err:?}");
+        // A delete makes room.
+        let first = store
+            .list_connections(&ConnectionQuery {
+                project_id: Some(project("capped")),
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .remove(0);
+        assert!(store.delete_connection(first.id).await.unwrap());
+        store
+            .insert_connection_capped(&over, &created(&over), 3)
+            .await
+            .unwrap();
+    }
+
+    pub async fn concurrent_creators_never_pass_the_cap(db: &TestDb) {
+        let store = db.store().await;
+        let cap = 5;
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let c = api_key("race", &format!("r{i}"));
+                s.insert_connection_capped(&c, &created(&c), cap).await
+            }));
+        }
+        let mut ok = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(()) => ok += 1,
+                Err(StoreError::LimitReached { limit }) => assert_eq!(limit, cap),
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        assert_eq!(ok, cap);
+        let stored = store
+            .list_connections(&ConnectionQuery {
+                project_id: Some(project("race")),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(stored.len() as u64, cap);
     }
 
     pub async fn due_for_refresh_order_limit_and_leases(db: &TestDb) {

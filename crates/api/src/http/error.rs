@@ -96,6 +96,7 @@ impl From<AppError> for ApiError {
             }
             e @ AppError::NameTaken(_) => ApiError::new(S::CONFLICT, "name_taken", e.to_string()),
             AppError::InUse(m) => ApiError::new(S::CONFLICT, "in_use", m),
+            AppError::LimitReached(m) => ApiError::new(S::CONFLICT, "limit_reached", m),
             AppError::State { code, message } => ApiError::new(S::CONFLICT, code, message),
             AppError::Provider(p) => ApiError::new(S::BAD_GATEWAY, "provider_error", p.to_string()),
             AppError::Internal(m) => {

@@ -52,13 +52,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .app_data(web::PathConfig::default().error_handler(error::extractors::path))
     .app_data(web::PayloadConfig::default().limit(MAX_BODY))
     .route("/healthz", web::get().to(healthz))
+    // The provider's redirect carries no credentials: outside the authenticated scope,
+    // and before it, so /v1/connections/{id} does not match "oauth2".
+    .route(
+        "/v1/connections/oauth2/callback",
+        web::get().to(oauth_callback),
+    )
     .service(
         web::scope("/v1")
-            // Before /connections/{id}, which would otherwise match "oauth2".
-            .route(
-                "/connections/oauth2/callback",
-                web::get().to(oauth_callback),
-            )
+            // Authentication first, before any extractor reads the request.
+            .wrap(actix_web::middleware::from_fn(auth::require_auth))
             .route("/connections", web::post().to(create_connection))
             .route("/connections", web::get().to(list_connections))
             .route("/connections/{id}", web::get().to(get_connection))
@@ -106,6 +109,31 @@ async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// A request body's field that may hold secrets: `Debug` shows only whether it was given.
+struct Redacted<T>(T);
+
+impl<T> std::fmt::Debug for Redacted<Option<T>> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Some([REDACTED])"
+        } else {
+            "None"
+        })
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Redacted<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        T::deserialize(d).map(Redacted)
+    }
+}
+
+impl<T> Default for Redacted<Option<T>> {
+    fn default() -> Self {
+        Redacted(None)
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateConnectionBody {
@@ -113,7 +141,9 @@ struct CreateConnectionBody {
     project_id: Option<String>,
     #[serde(rename = "type")]
     kind: Option<String>,
-    config: Option<Value>,
+    /// Holds the secrets (API key, password, client secret).
+    #[serde(default)]
+    config: Redacted<Option<Value>>,
     oauth2_client_id: Option<String>,
 }
 
@@ -131,7 +161,7 @@ async fn create_connection(
     let input = CreateConnection {
         name: required(b.name, "name")?,
         project_id: required(b.project_id, "project_id")?,
-        config: match b.config {
+        config: match b.config.0 {
             Some(c) => c,
             None if kind.contains("OAuth2")
                 || kind
@@ -146,7 +176,7 @@ async fn create_connection(
         oauth2_client_id: b.oauth2_client_id,
     };
     let c = state.app.create_connection(&p, input).await?;
-    Ok(HttpResponse::Created().json(json!({ "data": views::connection(&c, Some(&[])) })))
+    Ok(HttpResponse::Created().json(json!({ "data": views::connection(&c, Some((&[], 0))) })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,7 +225,9 @@ async fn get_connection(
 #[serde(deny_unknown_fields)]
 struct UpdateBody {
     name: Option<String>,
-    config: Option<Value>,
+    /// Holds the new secrets.
+    #[serde(default)]
+    config: Redacted<Option<Value>>,
     version: Option<i64>,
 }
 
@@ -206,7 +238,7 @@ async fn update_connection(
     body: web::Json<UpdateBody>,
 ) -> Result<HttpResponse> {
     let b = body.into_inner();
-    if b.name.is_none() && b.config.is_none() {
+    if b.name.is_none() && b.config.0.is_none() {
         return Err(ApiError::bad_request(
             "missing_field",
             "give name and/or config to change",
@@ -220,7 +252,7 @@ async fn update_connection(
             id,
             UpdateConnection {
                 name: b.name,
-                config: b.config,
+                config: b.config.0,
                 version: b.version,
             },
         )
@@ -261,13 +293,39 @@ async fn credentials(
         .json(json!({ "data": views::credentials(&creds) })))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    cursor: Option<String>,
+    /// The connection list's name for the cursor, accepted here too.
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
 async fn events(
     state: web::Data<AppState>,
     Auth(p): Auth,
     id: web::Path<String>,
+    q: web::Query<EventsQuery>,
 ) -> Result<HttpResponse> {
-    let events = state.app.connection_events(&p, connection_id(&id)?).await?;
-    Ok(data(events.iter().map(views::event).collect()))
+    let q = q.into_inner();
+    let cursor = match (q.cursor, q.after) {
+        (Some(c), Some(a)) if c != a => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "give the page cursor once, as cursor (or after)",
+            ))
+        }
+        (c, a) => c.or(a),
+    };
+    let page = state
+        .app
+        .connection_events(&p, connection_id(&id)?, cursor.as_deref(), q.limit)
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "data": page.events.iter().map(views::event).collect::<Vec<_>>(),
+        "page": { "next_cursor": page.next_cursor.map(|c| c.to_string()) },
+    })))
 }
 
 async fn authorize(
@@ -286,8 +344,11 @@ async fn authorize(
 
 #[derive(Debug, Deserialize)]
 struct CallbackQuery {
-    state: Option<String>,
-    code: Option<String>,
+    /// Single use, but a credential until the callback ends.
+    #[serde(default)]
+    state: Redacted<Option<String>>,
+    #[serde(default)]
+    code: Redacted<Option<String>>,
     error: Option<String>,
     error_description: Option<String>,
     iss: Option<String>,
@@ -298,15 +359,15 @@ async fn oauth_callback(state: web::Data<AppState>, req: HttpRequest) -> HttpRes
     let q: CallbackQuery = web::Query::<CallbackQuery>::from_query(req.query_string())
         .map(|q| q.into_inner())
         .unwrap_or(CallbackQuery {
-            state: None,
-            code: None,
+            state: Redacted(None),
+            code: Redacted(None),
             error: None,
             error_description: None,
             iss: None,
         });
     let params = CallbackParams {
-        state: q.state,
-        code: q.code.map(SecretString::from),
+        state: q.state.0,
+        code: q.code.0.map(SecretString::from),
         error: q.error,
         error_description: q.error_description,
         iss: q.iss,
@@ -353,16 +414,32 @@ async fn oauth_callback(state: web::Data<AppState>, req: HttpRequest) -> HttpRes
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct CreateClientBody {
     name: Option<String>,
     project_id: Option<String>,
     #[serde(rename = "type")]
     kind: Option<String>,
     client_id: Option<String>,
-    client_secret: Option<String>,
+    #[serde(default)]
+    client_secret: Redacted<Option<String>>,
+    /// The rest (`oauth2_config`): endpoints, but a secret may be misplaced there.
     #[serde(flatten)]
     settings: Map<String, Value>,
+}
+
+/// Names the settings without their values.
+impl std::fmt::Debug for CreateClientBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateClientBody")
+            .field("name", &self.name)
+            .field("project_id", &self.project_id)
+            .field("kind", &self.kind)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .field("settings", &self.settings.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 async fn create_oauth_client(
@@ -380,7 +457,7 @@ async fn create_oauth_client(
                 project_id: b.project_id,
                 kind: required(b.kind, "type")?,
                 client_id: required(b.client_id, "client_id")?,
-                client_secret: b.client_secret.map(SecretString::from),
+                client_secret: b.client_secret.0.map(SecretString::from),
                 settings: b.settings,
             },
         )
@@ -458,4 +535,65 @@ async fn delete_access_key(
     let id: AccessKeyId = id.parse().map_err(|_| ApiError::not_found("access key"))?;
     state.app.delete_access_key(&p, id).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Every request body or query that carries a secret, a code or a state, with its
+    /// secrets: what `{:?}` prints of it must contain none of them.
+    #[test]
+    fn request_structs_do_not_print_their_secrets() {
+        let secrets = [
+            "sk-live-SECRET1",
+            "pw-SECRET2",
+            "cs-SECRET3",
+            "code-SECRET4",
+            "state-SECRET5",
+            "nested-SECRET6",
+        ];
+        let create: CreateConnectionBody = serde_json::from_value(json!({
+            "name": "n", "project_id": "p", "type": "api_key",
+            "config": {"api_key": "sk-live-SECRET1", "oauth2_config": {"client_secret": "cs-SECRET3"}},
+        }))
+        .unwrap();
+        let update: UpdateBody =
+            serde_json::from_value(json!({"config": {"username": "u", "password": "pw-SECRET2"}}))
+                .unwrap();
+        let client: CreateClientBody = serde_json::from_value(json!({
+            "name": "c", "type": "oauth2", "client_id": "cid", "client_secret": "cs-SECRET3",
+            "oauth2_config": {"token_endpoint": "https://t", "client_secret": "nested-SECRET6"},
+        }))
+        .unwrap();
+        let callback: CallbackQuery = web::Query::<CallbackQuery>::from_query(
+            "state=state-SECRET5&code=code-SECRET4&iss=https%3A%2F%2Fi",
+        )
+        .unwrap()
+        .into_inner();
+        let printed = [
+            format!("{create:?}"),
+            format!("{update:?}"),
+            format!("{client:?}"),
+            format!("{callback:?}"),
+        ];
+        for p in &printed {
+            for s in secrets {
+                assert!(!p.contains(s), "{s} printed: {p}");
+            }
+        }
+        // What is not secret still shows, so the output stays useful.
+        assert!(printed[0].contains("api_key") && printed[0].contains("Some([REDACTED])"));
+        assert!(printed[2].contains("cid") && printed[2].contains("oauth2_config"));
+        assert!(printed[3].contains("https://i"));
+        // And the values still arrive where they are used.
+        assert_eq!(create.config.0.unwrap()["api_key"], "sk-live-SECRET1");
+        assert_eq!(callback.code.0.as_deref(), Some("code-SECRET4"));
+        assert_eq!(client.client_secret.0.as_deref(), Some("cs-SECRET3"));
+        let none: UpdateBody = serde_json::from_value(json!({"name": "x"})).unwrap();
+        assert!(none.config.0.is_none());
+        assert!(format!("{none:?}").contains("config: None"));
+    }
 }

@@ -7,7 +7,8 @@ use serde_json::{json, Value};
 use latchkey_app::{ConnectionDetails, Credentials};
 use latchkey_domain::{AccessKey, Connection, ConnectionEvent, OAuthClient, Usage};
 
-pub fn connection(c: &Connection, used_by: Option<&[Usage]>) -> Value {
+/// `used_by`: the most recently used flows and how many flows there are in all.
+pub fn connection(c: &Connection, used_by: Option<(&[Usage], u64)>) -> Value {
     let mut v = json!({
         "id": c.id,
         "project_id": c.project_id,
@@ -35,17 +36,18 @@ pub fn connection(c: &Connection, used_by: Option<&[Usage]>) -> Value {
             "authorized_user": c.authorized_user,
         });
     }
-    if let Some(used_by) = used_by {
+    if let Some((used_by, total)) = used_by {
         v["used_by"] = used_by
             .iter()
             .map(|u| json!({ "flow_id": u.flow_id, "first_used_at": u.first_used_at, "last_used_at": u.last_used_at, "uses": u.count }))
             .collect();
+        v["used_by_total"] = json!(total);
     }
     v
 }
 
 pub fn details(d: &ConnectionDetails) -> Value {
-    connection(&d.connection, Some(&d.used_by))
+    connection(&d.connection, Some((&d.used_by, d.used_by_total)))
 }
 
 pub fn event(e: &ConnectionEvent) -> Value {

@@ -21,14 +21,14 @@ use latchkey_app::{
 use latchkey_domain::oauth::{DiscoveredMetadata, TokenResponse};
 use latchkey_domain::sealed::fields;
 use latchkey_domain::{
-    AccessKey, AccessKeyId, AuthSession, Connection, ConnectionEvent, ConnectionId, FlowId, Grant,
-    Lease, OAuthClient, OAuthClientId, ProjectId, Provider, RefreshSchedule, Scope, SealContext,
-    Sealed, Status, Usage,
+    AccessKey, AccessKeyId, AuthSession, Connection, ConnectionEvent, ConnectionId, EventCursor,
+    FlowId, Grant, Lease, OAuthClient, OAuthClientId, ProjectId, Provider, RefreshSchedule, Scope,
+    SealContext, Sealed, Status, Usage,
 };
 use latchkey_ports::{
     AccessKeyStore, AuthSessionStore, Cipher, CipherError, Clock, CodeExchange, ConnectionQuery,
-    ConnectionStore, Entropy, OAuthClientStore, OAuthError, ProviderClient, RefreshExchange,
-    Revocation, StoreError,
+    ConnectionStore, Entropy, EventPage, EventQuery, OAuthClientStore, OAuthError, ProviderClient,
+    RefreshExchange, Revocation, StoreError,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -38,7 +38,9 @@ use latchkey_ports::{
 #[derive(Default)]
 struct Tables {
     connections: BTreeMap<ConnectionId, Connection>,
-    events: Vec<ConnectionEvent>,
+    /// With their insertion sequence number, as the real store keeps it.
+    events: Vec<(i64, ConnectionEvent)>,
+    next_seq: i64,
     usages: Vec<Usage>,
     sessions: HashMap<String, AuthSession>,
     clients: BTreeMap<OAuthClientId, OAuthClient>,
@@ -62,6 +64,15 @@ impl std::fmt::Debug for FakeStore {
 
 fn lease_is_live(c: &Connection, now: DateTime<Utc>) -> bool {
     c.refresh.lease.as_ref().is_some_and(|l| l.until >= now)
+}
+
+impl Tables {
+    fn push_events(&mut self, events: &[ConnectionEvent]) {
+        for e in events {
+            self.next_seq += 1;
+            self.events.push((self.next_seq, e.clone()));
+        }
+    }
 }
 
 impl FakeStore {
@@ -104,7 +115,17 @@ impl FakeStore {
         let t = self.t.lock().unwrap();
         t.events
             .iter()
-            .filter(|e| e.connection_id == id)
+            .filter(|(_, e)| e.connection_id == id)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// Every usage of a connection, bypassing the ports.
+    pub fn usages(&self, id: ConnectionId) -> Vec<Usage> {
+        let t = self.t.lock().unwrap();
+        t.usages
+            .iter()
+            .filter(|u| u.connection_id == id)
             .cloned()
             .collect()
     }
@@ -137,7 +158,36 @@ impl ConnectionStore for FakeStore {
             return Err(StoreError::Duplicate("id"));
         }
         t.connections.insert(connection.id, connection.clone());
-        t.events.push(event.clone());
+        t.push_events(std::slice::from_ref(event));
+        Ok(())
+    }
+
+    async fn insert_connection_capped(
+        &self,
+        connection: &Connection,
+        event: &ConnectionEvent,
+        max_in_project: u64,
+    ) -> Result<(), StoreError> {
+        self.enter("insert_connection_capped")?;
+        let mut t = self.t.lock().unwrap();
+        if t.connections
+            .values()
+            .any(|c| c.project_id == connection.project_id && c.name == connection.name)
+        {
+            return Err(StoreError::Duplicate("name"));
+        }
+        let in_project = t
+            .connections
+            .values()
+            .filter(|c| c.project_id == connection.project_id)
+            .count() as u64;
+        if in_project >= max_in_project {
+            return Err(StoreError::LimitReached {
+                limit: max_in_project,
+            });
+        }
+        t.connections.insert(connection.id, connection.clone());
+        t.push_events(std::slice::from_ref(event));
         Ok(())
     }
 
@@ -191,7 +241,7 @@ impl ConnectionStore for FakeStore {
         // The lease columns are not written by this method.
         next.refresh.lease = lease;
         t.connections.insert(next.id, next);
-        t.events.extend_from_slice(events);
+        t.push_events(events);
         Ok(())
     }
 
@@ -199,7 +249,7 @@ impl ConnectionStore for FakeStore {
         self.enter("delete_connection")?;
         let mut t = self.t.lock().unwrap();
         let existed = t.connections.remove(&id).is_some();
-        t.events.retain(|e| e.connection_id != id);
+        t.events.retain(|(_, e)| e.connection_id != id);
         t.usages.retain(|u| u.connection_id != id);
         t.sessions.retain(|_, s| s.connection_id != id);
         Ok(existed)
@@ -239,22 +289,93 @@ impl ConnectionStore for FakeStore {
         Ok(())
     }
 
-    async fn list_usages(&self, id: ConnectionId) -> Result<Vec<Usage>, StoreError> {
+    async fn list_usages(&self, id: ConnectionId, limit: u32) -> Result<Vec<Usage>, StoreError> {
         self.enter("list_usages")?;
-        let t = self.t.lock().unwrap();
-        let mut u: Vec<Usage> = t
-            .usages
-            .iter()
-            .filter(|u| u.connection_id == id)
-            .cloned()
-            .collect();
-        u.sort_by_key(|u| std::cmp::Reverse(u.last_used_at));
+        let mut u = self.usages(id);
+        u.sort_by(|a, b| {
+            b.last_used_at
+                .cmp(&a.last_used_at)
+                .then_with(|| a.flow_id.as_str().cmp(b.flow_id.as_str()))
+        });
+        u.truncate(limit as usize);
         Ok(u)
     }
 
-    async fn list_events(&self, id: ConnectionId) -> Result<Vec<ConnectionEvent>, StoreError> {
+    async fn count_usages(&self, id: ConnectionId) -> Result<u64, StoreError> {
+        self.enter("count_usages")?;
+        Ok(self.usages(id).len() as u64)
+    }
+
+    async fn list_events(
+        &self,
+        id: ConnectionId,
+        query: &EventQuery,
+    ) -> Result<EventPage, StoreError> {
         self.enter("list_events")?;
-        Ok(self.events(id))
+        let t = self.t.lock().unwrap();
+        let mut rows: Vec<(EventCursor, ConnectionEvent)> = t
+            .events
+            .iter()
+            .filter(|(_, e)| e.connection_id == id)
+            .map(|(seq, e)| {
+                let at_ms = e.at.timestamp_millis();
+                (EventCursor { at_ms, seq: *seq }, e.clone())
+            })
+            .filter(|(cur, _)| query.after.is_none_or(|a| *cur > a))
+            .collect();
+        rows.sort_by_key(|(cur, _)| *cur);
+        let limit = query.limit.max(1) as usize;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        Ok(EventPage {
+            next_cursor: if more {
+                rows.last().map(|(c, _)| *c)
+            } else {
+                None
+            },
+            events: rows.into_iter().map(|(_, e)| e).collect(),
+        })
+    }
+
+    async fn purge_events(&self, before: DateTime<Utc>, batch: u32) -> Result<u64, StoreError> {
+        self.enter("purge_events")?;
+        let mut t = self.t.lock().unwrap();
+        let mut old: Vec<(DateTime<Utc>, i64)> = t
+            .events
+            .iter()
+            .filter(|(_, e)| e.at < before)
+            .map(|(seq, e)| (e.at, *seq))
+            .collect();
+        old.sort();
+        old.truncate(batch as usize);
+        let gone: std::collections::HashSet<i64> = old.iter().map(|(_, s)| *s).collect();
+        t.events.retain(|(seq, _)| !gone.contains(seq));
+        Ok(gone.len() as u64)
+    }
+
+    async fn purge_usages(&self, before: DateTime<Utc>, batch: u32) -> Result<u64, StoreError> {
+        self.enter("purge_usages")?;
+        let mut t = self.t.lock().unwrap();
+        let mut old: Vec<(DateTime<Utc>, ConnectionId, String)> = t
+            .usages
+            .iter()
+            .filter(|u| u.last_used_at < before)
+            .map(|u| {
+                (
+                    u.last_used_at,
+                    u.connection_id,
+                    u.flow_id.as_str().to_owned(),
+                )
+            })
+            .collect();
+        old.sort();
+        old.truncate(batch as usize);
+        let before_len = t.usages.len();
+        t.usages.retain(|u| {
+            !old.iter()
+                .any(|(_, c, f)| *c == u.connection_id && f == u.flow_id.as_str())
+        });
+        Ok((before_len - t.usages.len()) as u64)
     }
 
     async fn due_for_refresh(
