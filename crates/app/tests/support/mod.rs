@@ -763,6 +763,8 @@ pub struct FakeProvider {
     refresh_delay: Mutex<Option<std::time::Duration>>,
     refresh_gate: Mutex<Option<Arc<Gate>>>,
     refresh_hook: Mutex<Option<Hook>>,
+    /// What userinfo answers; `None`: `{"email": "ada@example.com"}`.
+    pub userinfo_answer: Mutex<Option<Value>>,
 }
 
 impl std::fmt::Debug for FakeProvider {
@@ -854,7 +856,12 @@ impl ProviderClient for FakeProvider {
         _endpoint: String,
         _access_token: SecretString,
     ) -> Result<Value, OAuthError> {
-        Ok(json!({"email": "ada@example.com"}))
+        Ok(self
+            .userinfo_answer
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| json!({"email": "ada@example.com"})))
     }
 
     async fn discover(&self, issuer: String) -> Result<DiscoveredMetadata, OAuthError> {
