@@ -2002,6 +2002,45 @@ async fn malformed_requests_get_a_clear_error() {
         failures.join("\n")
     );
 
+    // Authentication comes first: without a valid key, every one of these /v1 requests
+    // is 401, whatever else is wrong with it. Keys of the right form make the server
+    // look them up (a revoked key, a wrong secret), which used to let a bad body answer
+    // 415 or 400 first.
+    let (revoked_id, revoked) = api.create_key("perr", &["connections:write"]).await;
+    api.delete(&format!("/v1/access-keys/{revoked_id}"))
+        .await
+        .expect(204);
+    let (_, live) = api.create_key("perr", &["connections:write"]).await;
+    let wrong_secret = format!("{}{}", &live[..live.len() - 4], "0000");
+    let mut unauthenticated = Vec::new();
+    for token in [Some(revoked.as_str()), Some(wrong_secret.as_str()), None] {
+        let anon = Api::with_token(&server, token);
+        for (m, path, ct, body, _, _) in table.iter().filter(|r| r.1.starts_with("/v1/")) {
+            let r = anon.raw(m.clone(), path, *ct, body).await;
+            let code = serde_json::from_str::<Value>(&r.text)
+                .ok()
+                .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+            if r.status.as_u16() != 401 || code.as_deref() != Some("unauthorized") {
+                unauthenticated.push(format!(
+                    "{m} {path} [{ct:?}] with {}: want 401 unauthorized, got {} {}",
+                    if token.is_some() {
+                        "a bad key"
+                    } else {
+                        "no key"
+                    },
+                    r.status.as_u16(),
+                    r.text.chars().take(200).collect::<String>()
+                ));
+            }
+        }
+    }
+    assert!(
+        unauthenticated.is_empty(),
+        "{} unauthenticated requests were not refused first:\n{}",
+        unauthenticated.len(),
+        unauthenticated.join("\n")
+    );
+
     // The unknown type message lists the accepted types.
     let r = api
         .create("perr", "t", "ftp", json!({"api_key": "k"}))
@@ -2451,4 +2490,318 @@ async fn futures_join_all<F: std::future::Future>(
     })
     .await;
     out.into_iter().map(|o| o.unwrap()).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Limits and leaks: the connection cap, paged events, bounded used_by, retention, the
+// process environment, the key file's and data directory's permissions
+// ---------------------------------------------------------------------------------------
+
+/// Every event of a connection, page by page; also checks the page shape.
+async fn all_events(api: &Api, id: &str, limit: u32, cursor_param: &str) -> (Vec<Value>, usize) {
+    let mut events = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut path = format!("/v1/connections/{id}/events?limit={limit}");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&{cursor_param}={c}"));
+        }
+        let page = api.get(&path).await.expect(200).json();
+        pages += 1;
+        let data = page["data"].as_array().unwrap().clone();
+        assert!(data.len() <= limit as usize, "{page}");
+        events.extend(data);
+        match &page["page"]["next_cursor"] {
+            Value::Null => return (events, pages),
+            Value::String(c) => cursor = Some(c.clone()),
+            other => panic!("next_cursor is {other}"),
+        }
+        assert!(pages < 50, "paging does not end");
+    }
+}
+
+#[tokio::test]
+async fn connection_cap_paged_events_and_bounded_used_by() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = LatchkeyServer::start(
+        ServerOptions::new(dir.path()).env("LATCHKEY_MAX_CONNECTIONS_PER_PROJECT", "3"),
+    )
+    .await
+    .unwrap();
+    let api = Api::admin(&server);
+
+    // The cap: three connections in a project, the fourth is refused with nothing saved.
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            api.create("lim", &format!("c{i}"), "api_key", json!({"api_key": "k"}))
+                .await
+                .expect(201)
+                .id(),
+        );
+    }
+    let r = api
+        .create("lim", "c3", "api_key", json!({"api_key": "k"}))
+        .await
+        .expect_error(409, "limit_reached");
+    assert!(r.text.contains('3'), "{}", r.text);
+    let listed = api.get("/v1/connections?project_id=lim").await.expect(200);
+    assert_eq!(listed.data().as_array().unwrap().len(), 3);
+    api.create("lim-other", "c0", "api_key", json!({"api_key": "k"}))
+        .await
+        .expect(201);
+    api.delete(&format!("/v1/connections/{}", ids.pop().unwrap()))
+        .await
+        .expect(204);
+    api.create("lim", "c3", "api_key", json!({"api_key": "k"}))
+        .await
+        .expect(201);
+
+    // Events: 6 of them, paged oldest first, with `cursor` or its synonym `after`.
+    let id = ids[0].clone();
+    for i in 1..=5 {
+        api.patch(
+            &format!("/v1/connections/{id}"),
+            &json!({"config": {"api_key": format!("k{i}")}}),
+        )
+        .await
+        .expect(200);
+    }
+    let (whole, pages) = all_events(&api, &id, 200, "cursor").await;
+    assert_eq!(pages, 1);
+    let kinds: Vec<&str> = whole.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["created"]
+            .into_iter()
+            .chain(["secret_replaced"; 5])
+            .collect::<Vec<_>>()
+    );
+    for param in ["cursor", "after"] {
+        let (paged, pages) = all_events(&api, &id, 4, param).await;
+        assert_eq!((paged.clone(), pages), (whole.clone(), 2), "{param}");
+        let (paged, pages) = all_events(&api, &id, 1, param).await;
+        assert_eq!((paged, pages), (whole.clone(), 6), "{param}");
+    }
+    let default = api
+        .get(&format!("/v1/connections/{id}/events"))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(default["data"].as_array().unwrap().len(), 6);
+    assert_eq!(default["page"], json!({"next_cursor": null}));
+    let base = format!("/v1/connections/{id}/events");
+    for (query, code) in [
+        ("?limit=0", "invalid_field"),
+        ("?limit=201", "invalid_field"),
+        ("?limit=x", "invalid_query"),
+        ("?cursor=not-a-cursor", "invalid_field"),
+        ("?after=1.2.3", "invalid_field"),
+        ("?cursor=1.2&after=3.4", "invalid_query"),
+        ("?colour=red", "invalid_query"),
+    ] {
+        api.get(&format!("{base}{query}"))
+            .await
+            .expect_error(400, code);
+    }
+
+    // used_by: the 100 most recent flows, and how many there are in all.
+    let flows = 105;
+    for i in 0..flows {
+        api.get(&format!(
+            "/v1/connections/{id}/credentials?flow_id=flow-{i:03}"
+        ))
+        .await
+        .expect(200);
+    }
+    api.get(&format!(
+        "/v1/connections/{id}/credentials?flow_id=flow-000"
+    ))
+    .await
+    .expect(200);
+    let d = api
+        .get(&format!("/v1/connections/{id}"))
+        .await
+        .expect(200)
+        .data();
+    assert_eq!(d["used_by_total"], flows);
+    let used_by = d["used_by"].as_array().unwrap();
+    assert_eq!(used_by.len(), 100);
+    assert_eq!(used_by[0]["flow_id"], "flow-000", "{}", used_by[0]);
+    assert_eq!(used_by[0]["uses"], 2);
+    let mut keys: Vec<&str> = used_by[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["first_used_at", "flow_id", "last_used_at", "uses"]);
+    // A new connection shows an empty list and a zero total.
+    let fresh = api
+        .get(&format!("/v1/connections/{}", ids[1]))
+        .await
+        .expect(200)
+        .data();
+    assert_eq!(
+        (fresh["used_by"].clone(), fresh["used_by_total"].clone()),
+        (json!([]), json!(0))
+    );
+}
+
+#[tokio::test]
+async fn the_background_job_purges_events_and_usages_past_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = LatchkeyServer::start(
+        ServerOptions::new(dir.path())
+            .env("LATCHKEY_EVENT_RETENTION", "1s")
+            .env("LATCHKEY_REFRESH_INTERVAL", "200ms"),
+    )
+    .await
+    .unwrap();
+    let api = Api::admin(&server);
+    let id = api
+        .create("ret", "kept", "api_key", json!({"api_key": "k"}))
+        .await
+        .expect(201)
+        .id();
+    api.get(&format!("/v1/connections/{id}/credentials?flow_id=nightly"))
+        .await
+        .expect(200);
+    eventually(30, "events and usages older than 1 s to be purged", || {
+        let api = api.clone();
+        let id = id.clone();
+        async move {
+            let events = api
+                .get(&format!("/v1/connections/{id}/events"))
+                .await
+                .expect(200)
+                .data();
+            let d = api
+                .get(&format!("/v1/connections/{id}"))
+                .await
+                .expect(200)
+                .data();
+            (events == json!([]) && d["used_by_total"] == 0 && d["used_by"] == json!([]))
+                .then_some(())
+        }
+    })
+    .await;
+    // The connection itself stays usable.
+    assert_eq!(api_key_of(&server, &id).await, "k");
+    assert!(
+        server.logs().contains("retention purged"),
+        "{}",
+        server.logs()
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn secrets_are_wiped_from_the_process_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (keys, material) = master_key("envk");
+    let client_secret = format!("gcs-{}", random_hex(12));
+    let db = format!("sqlite://{}/env.db?mode=rwc", dir.path().display());
+    let server = LatchkeyServer::start(
+        ServerOptions::new(dir.path())
+            .env("LATCHKEY_MASTER_KEYS", &keys)
+            .env("LATCHKEY_OAUTH_GOOGLE_CLIENT_ID", "google-client-id")
+            .env("LATCHKEY_OAUTH_GOOGLE_CLIENT_SECRET", &client_secret)
+            .database(&db),
+    )
+    .await
+    .unwrap();
+    let pid = server.pid().unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    for secret in [
+        material.as_str(),
+        ADMIN_TOKEN,
+        client_secret.as_str(),
+        db.as_str(),
+    ] {
+        assert!(
+            !contains(&environ, secret.as_bytes()),
+            "/proc/{pid}/environ still holds {secret:?}"
+        );
+    }
+    for name in [
+        "LATCHKEY_MASTER_KEYS=",
+        "LATCHKEY_ADMIN_TOKEN=",
+        "LATCHKEY_OAUTH_GOOGLE_CLIENT_SECRET=",
+        "LATCHKEY_DATABASE_URL=",
+    ] {
+        assert!(!contains(&environ, name.as_bytes()), "{name} is still set");
+    }
+    // Control: this is the server's environment, and what is not secret stays.
+    assert!(contains(
+        &environ,
+        format!("LATCHKEY_LISTEN=127.0.0.1:{}", server.port).as_bytes()
+    ));
+    assert!(contains(
+        &environ,
+        b"LATCHKEY_OAUTH_GOOGLE_CLIENT_ID=google-client-id"
+    ));
+    // And the server still has what it read: the admin token and the master key work.
+    let (cid, secret) = seed(&server, "envp", "sealed").await;
+    assert_eq!(api_key_of(&server, &cid).await, secret);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_dir_is_private_and_a_shared_key_file_refuses_start_up() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode_of = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let server = LatchkeyServer::start(ServerOptions::new(dir.path()))
+        .await
+        .unwrap();
+    let data = dir.path().join("data");
+    assert_eq!(mode_of(&data), 0o700, "the data directory");
+    let key_file = data.join("master.key");
+    assert_eq!(mode_of(&key_file), 0o600, "the key file");
+    let (cid, secret) = seed(&server, "perm", "sealed").await;
+    drop(server);
+
+    for mode in [0o644, 0o640, 0o604] {
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let before = snapshot(dir.path());
+        let (status, out) =
+            LatchkeyServer::start_expecting_failure(ServerOptions::new(dir.path())).unwrap();
+        assert!(
+            !status.success(),
+            "{mode:o}: started with a shared key file: {out}"
+        );
+        for w in [
+            "master.key",
+            &format!("{mode:o}"),
+            "chmod 600",
+            "LATCHKEY_ALLOW_INSECURE_KEY_FILE",
+        ] {
+            assert!(out.contains(w), "{mode:o}: the message lacks {w:?}: {out}");
+        }
+        assert_untouched(&before, dir.path(), "refused a shared key file");
+    }
+
+    // The override starts it, with a warning.
+    let server = LatchkeyServer::start(
+        ServerOptions::new(dir.path()).env("LATCHKEY_ALLOW_INSECURE_KEY_FILE", "true"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(api_key_of(&server, &cid).await, secret);
+    assert!(
+        server.logs().contains("accessible to group or others"),
+        "no warning: {}",
+        server.logs()
+    );
+    drop(server);
+
+    // Fixed permissions: starts without the override.
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let server = LatchkeyServer::start(ServerOptions::new(dir.path()))
+        .await
+        .unwrap();
+    assert_eq!(api_key_of(&server, &cid).await, secret);
 }
