@@ -102,7 +102,43 @@ impl ServerOptions {
         self.database_url = Some(url.into());
         self
     }
+
+    /// The database and `LATCHKEY_*` variables of these options. PostgreSQL requires
+    /// `LATCHKEY_MASTER_KEYS`: unless the test sets it (empty to leave it unset), every
+    /// process on PostgreSQL gets [`PG_TEST_MASTER_KEYS`].
+    fn apply_env(&self, cmd: &mut Command) {
+        if let Some(db) = &self.database_url {
+            cmd.env("LATCHKEY_DATABASE_URL", db);
+            if db.starts_with("postgres")
+                && !self.env.iter().any(|(k, _)| k == "LATCHKEY_MASTER_KEYS")
+            {
+                cmd.env("LATCHKEY_MASTER_KEYS", PG_TEST_MASTER_KEYS);
+            }
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+    }
+
+    /// Runs a `latchkey` command (not the server) with these options' environment and
+    /// working directory, and waits for it.
+    pub fn cli(&self, args: &[&str]) -> Result<std::process::Output> {
+        std::fs::create_dir_all(&self.work_dir)?;
+        let mut cmd = Command::new(latchkey_binary()?);
+        cmd.current_dir(&self.work_dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LATCHKEY_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("NO_COLOR", "1")
+            .args(args)
+            .stdin(Stdio::null());
+        self.apply_env(&mut cmd);
+        cmd.output().context("running latchkey")
+    }
 }
+
+/// The key ring every test process on PostgreSQL gets unless the test names its own.
+pub const PG_TEST_MASTER_KEYS: &str = "pgtest:cGdfdGVzdF9tYXN0ZXJfa2V5XzMyX2J5dGVzX2xvbmc=";
 
 /// A running `latchkey` process. Killed on drop.
 #[derive(Debug)]
@@ -133,12 +169,7 @@ impl LatchkeyServer {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        if let Some(db) = &options.database_url {
-            cmd.env("LATCHKEY_DATABASE_URL", db);
-        }
-        for (k, v) in &options.env {
-            cmd.env(k, v);
-        }
+        options.apply_env(&mut cmd);
         Ok(cmd)
     }
 

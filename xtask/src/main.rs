@@ -23,6 +23,10 @@ Commands:
           npm ci for the OIDC test peer if needed, cargo test --workspace
   e2e     npm ci for the OIDC test peer if needed, then cargo test -p latchkey-tests
   bench   Build the release `latchkey` binary and run the workspace's bench targets
+  openapi Regenerate docs/openapi.json from the code
+  fuzz    Schema-driven fuzzing: schemathesis (pinned, in target/schemathesis-venv)
+          against the live binary with the admin token; no 5xx, every response
+          matches docs/openapi.json (ci runs it after the tests)
   help    Print this help
 
 Environment:
@@ -39,6 +43,11 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("e2e") => e2e(),
         Some("bench") => bench(),
+        Some("openapi") => openapi(),
+        Some("fuzz") => {
+            let mut steps = Steps::default();
+            steps.step("fuzz", fuzz)
+        }
         Some("help" | "-h" | "--help") => {
             println!("{HELP}");
             Ok(())
@@ -93,6 +102,7 @@ fn ci() -> Result<()> {
         );
     }
     steps.run("test", cargo(["test", "--workspace"]), "tests failed")?;
+    steps.step("fuzz", fuzz)?;
 
     println!(
         "\nxtask ci: OK: {} in {}",
@@ -148,6 +158,131 @@ fn bench() -> Result<()> {
     steps.run("bench", run, "benchmarks failed")?;
     println!("\nxtask bench: OK: {}", steps.summary());
     Ok(())
+}
+
+/// Schemathesis, pinned: the version this repository's schema and checks were tried with.
+const SCHEMATHESIS: &str = "schemathesis==4.32.5";
+const FUZZ_TOKEN: &str = "xtask-fuzz-admin-token-0123456789";
+
+fn openapi() -> Result<()> {
+    let mut cmd = cargo([
+        "run",
+        "--quiet",
+        "-p",
+        "latchkey-api",
+        "--bin",
+        "latchkey",
+        "--",
+        "openapi",
+    ]);
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", describe(&cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "latchkey openapi failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let path = root().join("docs").join("openapi.json");
+    fs::write(&path, &out.stdout).with_context(|| format!("writing {}", path.display()))?;
+    println!("xtask: wrote {}", path.display());
+    Ok(())
+}
+
+/// The virtualenv with the pinned schemathesis, created or updated only when needed.
+fn ensure_schemathesis() -> Result<PathBuf> {
+    let venv = target_dir().join("schemathesis-venv");
+    let st = venv.join("bin").join("st");
+    let pin = venv.join("latchkey-pin");
+    if st.is_file() && fs::read_to_string(&pin).is_ok_and(|p| p == SCHEMATHESIS) {
+        println!("xtask: {SCHEMATHESIS} is installed in {}", venv.display());
+        return Ok(st);
+    }
+    let mut mk = Command::new("python3");
+    mk.args(["-m", "venv"]).arg(&venv);
+    run(
+        mk,
+        "python3 -m venv failed (is python3 with venv installed?)",
+    )?;
+    let mut pip = Command::new(venv.join("bin").join("pip"));
+    pip.args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        SCHEMATHESIS,
+    ]);
+    run(pip, "pip install of schemathesis failed")?;
+    fs::write(&pin, SCHEMATHESIS)?;
+    Ok(st)
+}
+
+/// Starts the debug binary on a free loopback port with a throwaway SQLite database,
+/// runs schemathesis against its `/openapi.json`, and stops it.
+fn fuzz() -> Result<()> {
+    let st = ensure_schemathesis()?;
+    run(
+        cargo([
+            "build",
+            "--quiet",
+            "-p",
+            "latchkey-api",
+            "--bin",
+            "latchkey",
+        ]),
+        "build of `latchkey` failed",
+    )?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let work = target_dir().join("fuzz");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    let log = fs::File::create(work.join("latchkey.log"))?;
+    let mut server = Command::new(target_dir().join("debug").join("latchkey"));
+    server
+        .current_dir(&work)
+        .env_clear()
+        .env("PATH", env::var_os("PATH").unwrap_or_default())
+        .env("LATCHKEY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("LATCHKEY_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
+        .env("LATCHKEY_ADMIN_TOKEN", FUZZ_TOKEN)
+        .env("LATCHKEY_LOG", "warn")
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let mut child = server.spawn().context("starting latchkey")?;
+    let result = (|| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline || child.try_wait()?.is_some() {
+                bail!(
+                    "latchkey did not start; see {}",
+                    work.join("latchkey.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut cmd = Command::new(&st);
+        cmd.current_dir(&work)
+            .args(["run", &format!("http://127.0.0.1:{port}/openapi.json")])
+            .args(["--header", &format!("Authorization: Bearer {FUZZ_TOKEN}")])
+            .args([
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+            ])
+            // Bounded: about a minute on a laptop, reproducible by seed.
+            .args(["--max-examples", "60", "--seed", "20261130", "--request-timeout", "20"])
+            .args(["--max-failures", "20", "--no-color"])
+            .env("SCHEMATHESIS_HOOKS", "")
+            .env("NO_COLOR", "1");
+        run(
+            cmd,
+            "schemathesis found responses that break the contract (see above)",
+        )
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }
 
 /// Runs `npm ci` in the OIDC peer's directory when its dependencies are missing or

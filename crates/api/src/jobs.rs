@@ -36,6 +36,7 @@ pub fn spawn(app: Arc<Latchkey>, interval: Duration) -> tokio::task::JoinHandle<
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "retention cycle failed"),
             }
+            crate::telemetry::job_cycle_finished();
         }
     })
 }

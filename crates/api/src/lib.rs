@@ -5,11 +5,14 @@
 //! that knows every adapter.
 
 pub mod adapters;
+pub mod cli;
 pub mod config;
 pub mod files;
 pub mod http;
 mod jobs;
 pub mod keys;
+pub mod openapi;
+pub mod telemetry;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -20,6 +23,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 
 use latchkey_app::{Latchkey, Services, Settings};
+use latchkey_cipher::KeyRing;
 use latchkey_domain::{RefreshPolicy, UrlPolicy};
 use latchkey_oauth::{HttpProviderClient, OutboundPolicy};
 use latchkey_store::SeaStore;
@@ -98,51 +102,16 @@ impl Application {
         {
             config.public_url = url::Url::parse(&format!("http://{addr}"))?;
         }
-        let provider = HttpProviderClient::new(OutboundPolicy {
-            allow_insecure_loopback: config.allow_insecure_loopback,
-            timeout: config.http_timeout,
-            ..OutboundPolicy::default()
-        })
-        .context("building the HTTP client for OAuth providers")?;
-        let store_arc = Arc::new(store.clone());
-        let svc = Services {
-            connections: store_arc.clone(),
-            sessions: store_arc.clone(),
-            clients: store_arc.clone(),
-            keys: store_arc,
-            cipher: Arc::new(ring),
-            provider: Arc::new(provider),
-            clock: Arc::new(adapters::SystemClock),
-            entropy: Arc::new(adapters::OsEntropy),
-        };
-        let lease = chrono::Duration::from_std(config.refresh_lease)?;
-        // A lease shorter than a provider call could lapse mid-refresh and let a second
-        // worker reuse a refresh token; what is left of it after the call is the time
-        // the refreshed tokens' save is retried for.
-        let min_lease =
-            chrono::Duration::from_std(config.http_timeout)? + chrono::Duration::seconds(5);
-        let settings = Settings {
-            callback_url: config.callback_url(),
-            url_policy: UrlPolicy {
-                allow_insecure_loopback: config.allow_insecure_loopback,
-            },
-            refresh: RefreshPolicy {
-                margin: chrono::Duration::from_std(config.refresh_margin)?,
-                lease: lease.max(min_lease),
-                ..RefreshPolicy::default()
-            },
-            default_clients: config.default_clients.clone(),
-            worker_id: format!("{}-{}", hostname(), std::process::id()),
-            max_connections_per_project: config.max_connections_per_project,
-            event_retention: chrono::Duration::from_std(config.event_retention)?,
-            ..Settings::default()
-        };
-        let app = Arc::new(Latchkey::new(svc, settings));
+        telemetry::install()?;
+        let ring = Arc::new(ring);
+        let app = Arc::new(wire(&config, &store, ring.clone())?);
         let state = web::Data::new(http::AppState {
             app: app.clone(),
             store,
             admin_token: config.admin_token.clone(),
             ui_origin: config.ui_origin.clone(),
+            ring,
+            gauges: telemetry::Gauges::default(),
         });
         if config.admin_token.is_none() {
             tracing::warn!("LATCHKEY_ADMIN_TOKEN is not set: no admin key exists, so no access key can be created");
@@ -159,7 +128,15 @@ impl Application {
                     async move {
                         let res = fut.await;
                         let status = res.as_ref().map(|r| r.status().as_u16()).unwrap_or(500);
-                        tracing::info!(%method, %path, status, ms = started.elapsed().as_millis() as u64, "request");
+                        let took = started.elapsed();
+                        tracing::info!(%method, %path, status, ms = took.as_millis() as u64, "request");
+                        // The route template, never the path: ids stay out of labels.
+                        let route = res
+                            .as_ref()
+                            .ok()
+                            .and_then(|r| r.request().match_pattern())
+                            .unwrap_or_else(|| "unmatched".into());
+                        telemetry::http_request(&route, method.as_str(), status, took);
                         res
                     }
                 })
@@ -191,6 +168,66 @@ impl Application {
         }
         r
     }
+}
+
+/// Wires the adapters into the use cases (the server and the CLI's commands).
+pub fn wire(config: &Config, store: &SeaStore, ring: Arc<KeyRing>) -> anyhow::Result<Latchkey> {
+    let provider = HttpProviderClient::new(OutboundPolicy {
+        allow_insecure_loopback: config.allow_insecure_loopback,
+        timeout: config.http_timeout,
+        ..OutboundPolicy::default()
+    })
+    .context("building the HTTP client for OAuth providers")?;
+    let store_arc = Arc::new(store.clone());
+    let svc = Services {
+        connections: store_arc.clone(),
+        sessions: store_arc.clone(),
+        clients: store_arc.clone(),
+        keys: store_arc,
+        cipher: ring.clone(),
+        provider: Arc::new(provider),
+        clock: Arc::new(adapters::SystemClock),
+        entropy: Arc::new(adapters::OsEntropy),
+    };
+    let lease = chrono::Duration::from_std(config.refresh_lease)?;
+    // A lease shorter than a provider call could lapse mid-refresh and let a second
+    // worker reuse a refresh token; what is left of it after the call is the time
+    // the refreshed tokens' save is retried for.
+    let min_lease = chrono::Duration::from_std(config.http_timeout)? + chrono::Duration::seconds(5);
+    let settings = Settings {
+        callback_url: config.callback_url(),
+        url_policy: UrlPolicy {
+            allow_insecure_loopback: config.allow_insecure_loopback,
+        },
+        refresh: RefreshPolicy {
+            margin: chrono::Duration::from_std(config.refresh_margin)?,
+            lease: lease.max(min_lease),
+            ..RefreshPolicy::default()
+        },
+        default_clients: config.default_clients.clone(),
+        worker_id: format!("{}-{}", hostname(), std::process::id()),
+        max_connections_per_project: config.max_connections_per_project,
+        event_retention: chrono::Duration::from_std(config.event_retention)?,
+        ..Settings::default()
+    };
+    Ok(Latchkey::new(svc, settings))
+}
+
+/// Connects to the database and migrates it.
+pub async fn open_store(config: &Config) -> anyhow::Result<SeaStore> {
+    let store = SeaStore::connect(&config.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to the database at {}",
+                redact_url(&config.database_url)
+            )
+        })?;
+    store
+        .migrate()
+        .await
+        .context("running database migrations")?;
+    Ok(store)
 }
 
 fn hostname() -> String {

@@ -1,14 +1,16 @@
-//! `latchkey`: the server. `latchkey` (or `latchkey serve`) serves; `latchkey migrate`
-//! migrates the database and exits.
+//! `latchkey`: the server and its operator commands. `latchkey` alone serves; see
+//! `latchkey --help`.
 
 use std::process::ExitCode;
 
-use latchkey_api::{Application, Config};
+use clap::Parser;
+use latchkey_api::cli::{Cli, Command};
+use latchkey_api::Config;
 
-fn init_logging(json: bool) {
+fn init_logging(json: bool, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("LATCHKEY_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sea_orm=warn"));
+    let filter =
+        EnvFilter::try_from_env("LATCHKEY_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -20,20 +22,24 @@ fn init_logging(json: bool) {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = args.first().map(String::as_str).unwrap_or("serve");
-    if matches!(command, "-h" | "--help" | "help") {
-        eprintln!("usage: latchkey [serve|migrate]\n\nConfiguration comes from LATCHKEY_* environment variables; see README.md.");
-        return ExitCode::SUCCESS;
-    }
-    let config = match Config::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("latchkey: invalid configuration: {e}");
-            return ExitCode::from(2);
+    // clap prints --help and --version itself, and a usage error with exit code 2.
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve);
+    let config = if command.needs_config() {
+        match Config::from_env() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("latchkey: invalid configuration: {e}");
+                return ExitCode::from(2);
+            }
         }
+    } else {
+        None
     };
-    init_logging(config.log_json);
+    init_logging(
+        config.as_ref().is_some_and(|c| c.log_json),
+        command.default_log_filter(),
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -44,28 +50,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async move {
-        match command {
-            "serve" => {
-                let app = Application::build(config).await?;
-                app.run_until_stopped().await?;
-                Ok(())
-            }
-            "migrate" => {
-                latchkey_api::migrate(&config).await?;
-                tracing::info!("migrations applied");
-                Ok(())
-            }
-            other => Err(anyhow::anyhow!(
-                "unknown command {other:?}; use serve or migrate"
-            )),
-        }
-    });
-    match result {
+    let serving = matches!(command, Command::Serve);
+    match runtime.block_on(latchkey_api::cli::run(command, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("latchkey: {e:#}");
+            if serving {
+                tracing::error!("{e:#}");
+            }
+            // One line: the reason, with its causes.
+            eprintln!("latchkey: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::FAILURE
         }
     }

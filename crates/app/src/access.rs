@@ -113,7 +113,7 @@ impl Latchkey {
             return Err(latchkey_domain::DomainError::InvalidField {
                 field: "scopes".into(),
                 reason:
-                    "name at least one of connections:read, connections:write, credentials:read"
+                    "name at least one of connections:read, connections:write, credentials:read, metrics:read"
                         .into(),
             }
             .into());

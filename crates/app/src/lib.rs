@@ -8,9 +8,11 @@ mod access;
 mod clients;
 mod connections;
 mod error;
+pub mod keys;
 mod oauth_flow;
 mod refresh;
 mod seal;
+mod telemetry;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -183,6 +183,7 @@ impl Latchkey {
             }
         };
         let sent_at = self.now();
+        let started = std::time::Instant::now();
         let result = self
             .svc
             .provider
@@ -193,6 +194,7 @@ impl Latchkey {
                 scopes: None,
             })
             .await;
+        crate::telemetry::refresh_call(claimed.kind, &result, started.elapsed());
         match result {
             Ok(tokens) => {
                 let access = self.seal_str(

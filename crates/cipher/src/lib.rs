@@ -310,25 +310,8 @@ impl Cipher for KeyRing {
 
     fn open(&self, sealed: &Sealed, context: &SealContext) -> Result<SecretBox<[u8]>, CipherError> {
         let bytes = sealed.0.as_slice();
-        let (&version, rest) = bytes.split_first().ok_or(CipherError::Malformed("empty"))?;
-        if version != FORMAT_VERSION {
-            return Err(CipherError::UnsupportedVersion(version));
-        }
-        let (&id_len, rest) = rest
-            .split_first()
-            .ok_or(CipherError::Malformed("truncated header"))?;
-        let id_len = usize::from(id_len);
-        if id_len == 0 || id_len > MAX_KEY_ID_LEN {
-            return Err(CipherError::Malformed("invalid key id length"));
-        }
-        if rest.len() < id_len {
-            return Err(CipherError::Malformed("truncated header"));
-        }
-        let (id, rest) = rest.split_at(id_len);
-        let id = std::str::from_utf8(id)
-            .ok()
-            .filter(|id| valid_id(id))
-            .ok_or(CipherError::Malformed("invalid key id"))?;
+        let (id, rest) = read_header(bytes)?;
+        let id_len = id.len();
         let key = self
             .key(id)
             .ok_or_else(|| CipherError::UnknownKey(id.to_owned()))?;
@@ -353,6 +336,38 @@ impl Cipher for KeyRing {
             .map_err(|_| CipherError::Authentication)?;
         Ok(SecretBox::new(plaintext))
     }
+
+    fn sealed_key_id(&self, sealed: &Sealed) -> Result<String, CipherError> {
+        read_header(&sealed.0).map(|(id, _)| id.to_owned())
+    }
+
+    fn ring_key_ids(&self) -> Vec<String> {
+        self.key_ids().into_iter().map(str::to_owned).collect()
+    }
+}
+
+/// Splits `[version][id length][id]` off a sealed value: its key id and the rest.
+fn read_header(bytes: &[u8]) -> Result<(&str, &[u8]), CipherError> {
+    let (&version, rest) = bytes.split_first().ok_or(CipherError::Malformed("empty"))?;
+    if version != FORMAT_VERSION {
+        return Err(CipherError::UnsupportedVersion(version));
+    }
+    let (&id_len, rest) = rest
+        .split_first()
+        .ok_or(CipherError::Malformed("truncated header"))?;
+    let id_len = usize::from(id_len);
+    if id_len == 0 || id_len > MAX_KEY_ID_LEN {
+        return Err(CipherError::Malformed("invalid key id length"));
+    }
+    if rest.len() < id_len {
+        return Err(CipherError::Malformed("truncated header"));
+    }
+    let (id, rest) = rest.split_at(id_len);
+    let id = std::str::from_utf8(id)
+        .ok()
+        .filter(|id| valid_id(id))
+        .ok_or(CipherError::Malformed("invalid key id"))?;
+    Ok((id, rest))
 }
 
 #[cfg(test)]
@@ -455,6 +470,22 @@ mod tests {
                 "{other:?}"
             );
         }
+    }
+
+    #[test]
+    fn names_the_key_of_a_sealed_value_without_opening_it() {
+        let old = ring("old");
+        let sealed = old.seal(&secret(b"v"), &ctx()).unwrap();
+        // Any ring reads the header, and 64 bytes of it are enough.
+        let other = ring("other");
+        assert_eq!(other.sealed_key_id(&sealed).unwrap(), "old");
+        let cut = Sealed(sealed.0[..sealed.0.len().min(64)].to_vec());
+        assert_eq!(other.sealed_key_id(&cut).unwrap(), "old");
+        assert_eq!(
+            other.sealed_key_id(&Sealed(vec![1, 0])).err(),
+            Some(CipherError::Malformed("invalid key id length"))
+        );
+        assert_eq!(other.ring_key_ids(), ["other"]);
     }
 
     #[test]

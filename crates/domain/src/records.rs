@@ -168,13 +168,16 @@ pub enum Scope {
     ConnectionsRead,
     ConnectionsWrite,
     CredentialsRead,
+    /// Read `GET /metrics` (and nothing else): for a Prometheus scraper.
+    MetricsRead,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 3] = [
+    pub const ALL: [Scope; 4] = [
         Scope::ConnectionsRead,
         Scope::ConnectionsWrite,
         Scope::CredentialsRead,
+        Scope::MetricsRead,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -182,6 +185,7 @@ impl Scope {
             Scope::ConnectionsRead => "connections:read",
             Scope::ConnectionsWrite => "connections:write",
             Scope::CredentialsRead => "credentials:read",
+            Scope::MetricsRead => "metrics:read",
         }
     }
 }
@@ -198,7 +202,7 @@ impl FromStr for Scope {
         Scope::ALL.into_iter().find(|x| x.as_str() == s).ok_or_else(|| DomainError::InvalidField {
             field: "scopes".into(),
             reason: format!(
-                "unknown scope {:?}; accepted: connections:read, connections:write, credentials:read",
+                "unknown scope {:?}; accepted: connections:read, connections:write, credentials:read, metrics:read",
                 s.chars().take(64).collect::<String>()
             ),
         })

@@ -501,19 +501,30 @@ impl ConnectionStore for SeaStore {
         let id = id.to_string();
         let now = to_millis(now);
         let txn = self.db.begin().await.map_err(backend)?;
-        // The claim itself is this one statement; the database serialises competing
-        // claimers on the row, so at most one sees a free lease.
-        let res = connections::Entity::update_many()
-            .col_expr(C::LeaseOwner, Expr::value(lease.owner.as_str()))
-            .col_expr(C::LeaseUntil, Expr::value(to_millis(lease.until)))
-            .filter(C::Id.eq(id.as_str()))
-            .filter(C::Status.eq(Status::Active.as_str()))
-            .filter(lease_free(now))
-            .exec(&txn)
+        // The claim itself is one statement; the database serialises competing
+        // claimers on the row, so at most one sees a free lease. A free row is tried
+        // first, then a lapsed lease, so that taking over a crashed worker's lease is
+        // told apart (and counted).
+        let claim = |free: Condition| {
+            connections::Entity::update_many()
+                .col_expr(C::LeaseOwner, Expr::value(lease.owner.as_str()))
+                .col_expr(C::LeaseUntil, Expr::value(to_millis(lease.until)))
+                .filter(C::Id.eq(id.as_str()))
+                .filter(C::Status.eq(Status::Active.as_str()))
+                .filter(free)
+                .exec(&txn)
+        };
+        let res = claim(Condition::all().add(C::LeaseUntil.is_null()))
             .await
             .map_err(backend)?;
         if res.rows_affected != 1 {
-            return Ok(None);
+            let res = claim(Condition::all().add(C::LeaseUntil.lt(now)))
+                .await
+                .map_err(backend)?;
+            if res.rows_affected != 1 {
+                return Ok(None);
+            }
+            metrics::counter!("latchkey_lease_takeovers_total").increment(1);
         }
         let row = connections::Entity::find_by_id(id)
             .one(&txn)

@@ -18,7 +18,10 @@ mod convert;
 mod entity;
 mod migration;
 mod records;
+mod sealed;
 pub mod time;
+
+pub use sealed::KEY_CHECK_META;
 
 use std::path::Path;
 use std::time::Duration;
@@ -27,8 +30,9 @@ use latchkey_ports::StoreError;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ActiveValue::Set, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend,
-    DbErr, EntityTrait, PaginatorTrait, SqlErr, Statement, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DbBackend, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, SqlErr, Statement,
+    TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 
@@ -184,6 +188,37 @@ impl SeaStore {
             .await
             .map_err(backend)?;
         Ok(inserted == 1)
+    }
+
+    /// How many connections there are per (status, type), for metrics.
+    pub async fn connection_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        use conn_e::Column as C;
+        conn_e::Entity::find()
+            .select_only()
+            .column(C::Status)
+            .column(C::Kind)
+            .column_as(C::Id.count(), "n")
+            .group_by(C::Status)
+            .group_by(C::Kind)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(backend)
+    }
+
+    /// How many active connections are due for a refresh at `now` (leased or not): the
+    /// refresh backlog.
+    pub async fn refresh_backlog(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, StoreError> {
+        use conn_e::Column as C;
+        conn_e::Entity::find()
+            .filter(C::Status.eq("active"))
+            .filter(C::RefreshDueAt.lte(time::to_millis(now)))
+            .count(&self.db)
+            .await
+            .map_err(backend)
     }
 
     /// Whether the database holds no record at all (a fresh install): no connection,

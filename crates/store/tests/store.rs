@@ -15,7 +15,7 @@ use latchkey_domain::{
 };
 use latchkey_ports::{
     AccessKeyStore, AuthSessionStore, ConnectionQuery, ConnectionStore, EventQuery,
-    OAuthClientStore, StoreError,
+    OAuthClientStore, SealedTable, SealedValueStore, StoreError,
 };
 use latchkey_store::SeaStore;
 use sea_orm::ConnectionTrait;
@@ -75,6 +75,7 @@ suite!(
     concurrent_first_migrations,
     meta_put_if_absent,
     corrupt_rows_are_errors,
+    sealed_values_page_by_id_and_replace_by_compare_and_set,
 );
 
 fn flow(f: &str) -> FlowId {
@@ -99,6 +100,156 @@ async fn all_events(store: &SeaStore, id: ConnectionId) -> Vec<ConnectionEvent> 
 
 mod cases {
     use super::*;
+
+    fn sealed(record: &latchkey_ports::SealedRecord, field: &str) -> Option<Sealed> {
+        record
+            .values
+            .iter()
+            .find(|(f, _)| f == field)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Every sealed column is paged by id, and a replacement wins only over the row as
+    /// read: a stale version, a live refresh lease or changed bytes make it lose.
+    pub async fn sealed_values_page_by_id_and_replace_by_compare_and_set(db: &TestDb) {
+        let store = db.store().await;
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let c = oauth("p1", &format!("c{i}"), Some(100), Some(200));
+            store.insert_connection(&c, &created(&c)).await.unwrap();
+            ids.push(c.id.to_string());
+        }
+        let plain = api_key("p1", "plain");
+        store
+            .insert_connection(&plain, &created(&plain))
+            .await
+            .unwrap();
+        ids.push(plain.id.to_string());
+        ids.sort();
+
+        // Pages keyed by id: no row twice, none skipped.
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .sealed_records(SealedTable::Connections, after.clone(), 2, false)
+                .await
+                .unwrap();
+            seen.extend(page.iter().map(|r| r.id.clone()));
+            match page.last() {
+                Some(last) if page.len() == 2 => after = Some(last.id.clone()),
+                _ => break,
+            }
+        }
+        assert_eq!(seen, ids);
+        let headers = store
+            .sealed_records(SealedTable::Connections, None, 10, true)
+            .await
+            .unwrap();
+        assert_eq!(headers.len(), 6);
+        for r in &headers {
+            for (_, v) in &r.values {
+                assert!(!v.0.is_empty() && v.0.len() <= 64, "{r:?}");
+            }
+        }
+
+        // A replacement at the version read wins and bumps the version.
+        let id = plain.id;
+        let read = store
+            .sealed_record(SealedTable::Connections, &id.to_string())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.version, Some(1));
+        assert_eq!(sealed(&read, "secrets"), plain.secrets.clone());
+        let resealed = vec![("secrets".to_owned(), Sealed(b"resealed".to_vec()))];
+        assert!(store
+            .replace_sealed(&read, &resealed, t(100))
+            .await
+            .unwrap());
+        let after_write = store.get_connection(id).await.unwrap().unwrap();
+        assert_eq!(after_write.secrets, Some(Sealed(b"resealed".to_vec())));
+        assert_eq!(after_write.version, 2);
+        // The same (now stale) read loses: a concurrent writer is never overwritten.
+        let again = vec![("secrets".to_owned(), Sealed(b"second".to_vec()))];
+        assert!(!store.replace_sealed(&read, &again, t(100)).await.unwrap());
+        assert_eq!(
+            store.get_connection(id).await.unwrap().unwrap().secrets,
+            Some(Sealed(b"resealed".to_vec()))
+        );
+
+        // A live refresh lease makes it lose too; once the lease lapsed it wins.
+        let leased = oauth("p1", "leased", Some(100), Some(200));
+        store
+            .insert_connection(&leased, &created(&leased))
+            .await
+            .unwrap();
+        store
+            .claim_refresh(leased.id, &lease("worker", t(130)), t(100))
+            .await
+            .unwrap()
+            .unwrap();
+        let read = store
+            .sealed_record(SealedTable::Connections, &leased.id.to_string())
+            .await
+            .unwrap()
+            .unwrap();
+        let tokens = vec![("access_token".to_owned(), Sealed(b"new-access".to_vec()))];
+        assert!(!store.replace_sealed(&read, &tokens, t(120)).await.unwrap());
+        assert!(store.replace_sealed(&read, &tokens, t(131)).await.unwrap());
+        let row = store.get_connection(leased.id).await.unwrap().unwrap();
+        assert_eq!(
+            row.grant.unwrap().access_token,
+            Sealed(b"new-access".to_vec())
+        );
+        // Untouched fields stay.
+        assert_eq!(row.secrets, leased.secrets);
+
+        // Other tables compare the old bytes.
+        let client = oauth_client(Some("p1"), "Acme");
+        store.insert_oauth_client(&client).await.unwrap();
+        let read = store
+            .sealed_record(SealedTable::OAuthClients, &client.id.to_string())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.project_id.as_deref(), Some("p1"));
+        let new_secret = vec![("client_secret".to_owned(), Sealed(b"cs2".to_vec()))];
+        assert!(store
+            .replace_sealed(&read, &new_secret, t(1))
+            .await
+            .unwrap());
+        assert!(!store
+            .replace_sealed(&read, &new_secret, t(1))
+            .await
+            .unwrap());
+        assert_eq!(
+            store
+                .get_oauth_client(client.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .client_secret,
+            Some(Sealed(b"cs2".to_vec()))
+        );
+
+        store
+            .put_meta_if_absent("key_check", b"canary-1")
+            .await
+            .unwrap();
+        let meta = store
+            .sealed_records(SealedTable::Meta, None, 10, false)
+            .await
+            .unwrap();
+        assert_eq!(meta.len(), 1);
+        let canary = vec![("key_check".to_owned(), Sealed(b"canary-2".to_vec()))];
+        assert!(store.replace_sealed(&meta[0], &canary, t(1)).await.unwrap());
+        assert!(!store.replace_sealed(&meta[0], &canary, t(1)).await.unwrap());
+        assert_eq!(
+            store.get_meta("key_check").await.unwrap(),
+            Some(b"canary-2".to_vec())
+        );
+    }
 
     pub async fn round_trip_every_field(db: &TestDb) {
         let store = db.store().await;

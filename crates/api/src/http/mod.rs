@@ -3,6 +3,7 @@
 mod auth;
 mod callback;
 pub mod error;
+pub mod schema;
 mod views;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use latchkey_app::{
     CallbackError, CallbackParams, CreateConnection, CreateOAuthClient, Latchkey, UpdateConnection,
@@ -31,6 +33,9 @@ pub struct AppState {
     pub store: SeaStore,
     pub admin_token: Option<SecretString>,
     pub ui_origin: Option<String>,
+    /// The key ring, for the per-key gauge.
+    pub ring: Arc<latchkey_cipher::KeyRing>,
+    pub gauges: crate::telemetry::Gauges,
 }
 
 impl std::fmt::Debug for AppState {
@@ -52,6 +57,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .app_data(web::PathConfig::default().error_handler(error::extractors::path))
     .app_data(web::PayloadConfig::default().limit(MAX_BODY))
     .route("/healthz", web::get().to(healthz))
+    .route("/metrics", web::get().to(metrics))
+    .route("/openapi.json", web::get().to(openapi_json))
     // The provider's redirect carries no credentials: outside the authenticated scope,
     // and before it, so /v1/connections/{id} does not match "oauth2".
     .route(
@@ -99,6 +106,17 @@ fn connection_id(raw: &str) -> Result<ConnectionId> {
     raw.parse().map_err(|_| ApiError::not_found("connection"))
 }
 
+/// Liveness and database reachability (no auth).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "system",
+    operation_id = "healthz",
+    responses(
+        (status = 200, description = "Serving.", body = schema::Health),
+        (status = 503, description = "The database is unreachable. Codes: unavailable.", body = schema::ErrorBody)
+    )
+)]
 async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     match state.store.ping().await {
         Ok(()) => HttpResponse::Ok().json(json!({ "status": "ok" })),
@@ -134,15 +152,60 @@ impl<T> Default for Redacted<Option<T>> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// This document (no auth).
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "system",
+    operation_id = "openapi",
+    responses((status = 200, description = "The OpenAPI 3.1 document.", body = Object))
+)]
+async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(crate::openapi::json())
+}
+
+/// Prometheus metrics (text format); admin token or a key with `metrics:read`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "system",
+    operation_id = "metrics",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4.", body = String, content_type = "text/plain"),
+        (status = 401, description = "No, an unknown or a revoked bearer token. Codes: unauthorized.", body = schema::ErrorBody),
+        (status = 403, description = "The key lacks the scope, or the operation is admin-only. Codes: forbidden.", body = schema::ErrorBody),
+        (status = 500, description = "The database failed. Codes: internal_error.", body = schema::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+async fn metrics(state: web::Data<AppState>, Auth(p): Auth) -> Result<HttpResponse> {
+    p.require(latchkey_domain::Scope::MetricsRead)
+        .map_err(ApiError::from)?;
+    let text = state
+        .gauges
+        .render(&state.store, &state.ring)
+        .await
+        .map_err(|e| ApiError::from(latchkey_app::AppError::Internal(format!("metrics: {e:#}"))))?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(text))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "Stripe prod", "project_id": "proj-1", "type": "api_key", "config": {"api_key": "sk_live_123"}}))]
 struct CreateConnectionBody {
     name: Option<String>,
     project_id: Option<String>,
     #[serde(rename = "type")]
     kind: Option<String>,
-    /// Holds the secrets (API key, password, client secret).
+    /// Holds the secrets (API key, password, client secret). Per type: `api_key`,
+    /// `username`/`password`, `fields`, or the OAuth settings.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     config: Redacted<Option<Value>>,
     oauth2_client_id: Option<String>,
 }
@@ -151,6 +214,24 @@ fn required<T>(v: Option<T>, field: &str) -> Result<T> {
     v.ok_or_else(|| ApiError::bad_request("missing_field", format!("{field} is required")))
 }
 
+/// Create a connection (`connections:write`). OAuth types start `incomplete`.
+#[utoipa::path(
+    post,
+    path = "/v1/connections",
+    tag = "connections",
+    operation_id = "createConnection",
+    request_body = CreateConnectionBody,
+    responses(
+        (status = 201, description = "Created.", body = schema::ConnectionData),
+        (status = 400, description = "Invalid body. Codes: invalid_json, invalid_body, missing_field, invalid_field, invalid_id, unknown_type.", body = schema::ErrorBody),
+        (status = 413, description = "Body over 64 KiB. Codes: payload_too_large.", body = schema::ErrorBody),
+        (status = 415, description = "Body not sent as application/json. Codes: unsupported_media_type.", body = schema::ErrorBody),
+        (status = 401, description = "No, an unknown or a revoked bearer token. Codes: unauthorized.", body = schema::ErrorBody),
+        (status = 403, description = "The key lacks the scope, or the operation is admin-only. Codes: forbidden.", body = schema::ErrorBody),
+        (status = 409, description = "The project already has a connection of that name, or holds the most connections allowed. Codes: name_taken, limit_reached.", body = schema::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn create_connection(
     state: web::Data<AppState>,
     Auth(p): Auth,
@@ -179,8 +260,9 @@ async fn create_connection(
     Ok(HttpResponse::Created().json(json!({ "data": views::connection(&c, Some((&[], 0))) })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     project_id: Option<String>,
     status: Option<String>,
@@ -190,6 +272,21 @@ struct ListQuery {
     limit: Option<u32>,
 }
 
+/// List connections (`connections:read`), paged by id.
+#[utoipa::path(
+    get,
+    path = "/v1/connections",
+    tag = "connections",
+    operation_id = "listConnections",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page.", body = schema::ConnectionPage),
+        (status = 400, description = "A malformed query or filter. Codes: invalid_query, invalid_field, invalid_id, unknown_type.", body = schema::ErrorBody),
+        (status = 401, description = "No, an unknown or a revoked bearer token. Codes: unauthorized.", body = schema::ErrorBody),
+        (status = 403, description = "The key lacks the scope, or the operation is admin-only. Codes: forbidden.", body = schema::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn list_connections(
     state: web::Data<AppState>,
     Auth(p): Auth,
@@ -212,6 +309,21 @@ async fn list_connections(
     })))
 }
 
+/// One connection with its users (`connections:read`).
+#[utoipa::path(
+    get,
+    path = "/v1/connections/{id}",
+    tag = "connections",
+    operation_id = "getConnection",
+    params(("id" = String, Path, description = "Connection id")),
+    responses(
+        (status = 200, description = "The connection.", body = schema::ConnectionData),
+        (status = 401, description = "No, an unknown or a revoked bearer token. Codes: unauthorized.", body = schema::ErrorBody),
+        (status = 403, description = "The key lacks the scope, or the operation is admin-only. Codes: forbidden.", body = schema::ErrorBody),
+        (status = 404, description = "No such connection (or not visible to this key). Codes: not_found.", body = schema::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn get_connection(
     state: web::Data<AppState>,
     Auth(p): Auth,
@@ -221,16 +333,37 @@ async fn get_connection(
     Ok(data(views::details(&d)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateBody {
     name: Option<String>,
     /// Holds the new secrets.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     config: Redacted<Option<Value>>,
     version: Option<i64>,
 }
 
+/// Rename and/or replace the config (`connections:write`); optional compare-and-set on `version`.
+#[utoipa::path(
+    patch,
+    path = "/v1/connections/{id}",
+    tag = "connections",
+    operation_id = "updateConnection",
+    params(("id" = String, Path, description = "Connection id")),
+    request_body = UpdateBody,
+    responses(
+        (status = 200, description = "The updated connection.", body = schema::ConnectionData),
+        (status = 400, description = "Invalid body. Codes: invalid_json, invalid_body, missing_field, invalid_field, invalid_id, unknown_type.", body = schema::ErrorBody),
+        (status = 413, description = "Body over 64 KiB. Codes: payload_too_large.", body = schema::ErrorBody),
+        (status = 415, description = "Body not sent as application/json. Codes: unsupported_media_type.", body = schema::ErrorBody),
+        (status = 401, description = "No, an unknown or a revoked bearer token. Codes: unauthorized.", body = schema::ErrorBody),
+        (status = 403, description = "The key lacks the scope, or the operation is admin-only. Codes: forbidden.", body = schema::ErrorBody),
+        (status = 404, description = "No such connection (or not visible to this key). Codes: not_found.", body = schema::ErrorBody),
+        (status = 409, description = "A concurrent change, a name clash, or a config that cannot change now. Codes: version_conflict, name_taken, config_locked.", body = schema::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn update_connection(
     state: web::Data<AppState>,
     Auth(p): Auth,
@@ -261,6 +394,21 @@ async fn update_connection(
     Ok(data(views::details(&d)))
 }
 
+/// Delete a connection and revoke its grant (`connections:write`).
+#[utoipa::path(
+    delete,
+    path = "/v1/connections/{id}",
+    tag = "connections",
+    operation_id = "deleteConnection",
+    params(("id" = String, Path, description = "Connection id")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 401, description = "No, an unknown or a revoked bearer token. Codes: unauthorized.", body = schema::ErrorBody),
+        (status = 403, description = "The key lacks the scope, or the operation is admin-only. Codes: forbidden.", body = schema::ErrorBody),
+        (status = 404, description = "No such connection (or not visible to this key). Codes: not_found.", body = schema::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn delete_connection(
     state: web::Data<AppState>,
     Auth(p): Auth,
@@ -270,12 +418,31 @@ async fn delete_connection(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct CredentialsQuery {
     flow_id: Option<String>,
 }
 
+/// The secrets, for a workflow execution (`credentials:read`). `Cache-Control: no-store`.
+#[utoipa::path(
+    get,
+    path = "/v1/connections/{id}/credentials",
+    tag = "connections",
+    operation_id = "getCredentials",
+    params(("id" = String, Path, description = "Connection id"), CredentialsQuery),
+    responses(
+        (status = 200, description = "The credentials.", body = schema::CredentialsData),
+        (status = 400, description = "A malformed query string. Codes: invalid_query.", body = schema::ErrorBody),
+        (status = 401, description = "No, an unknown or a revoked bearer token. Codes: unauthorized.", body = schema::ErrorBody),
+        (status = 403, description = "The key lacks the scope, or the operation is admin-only. Codes: forbidden.", body = schema::ErrorBody),
+        (status = 404, description = "No such connection (or not visible to this key). Codes: not_found.", body = schema::ErrorBody),
+        (status = 409, description = "The connection cannot hand out credentials now. Codes: connection_incomplete, connection_expired, token_unavailable.", body = schema::ErrorBody),
+        (status = 502, description = "A due refresh failed at the provider. Codes: provider_error.", body = schema::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn credentials(
     state: web::Data<AppState>,
     Auth(p): Auth,
@@ -293,8 +460,9 @@ async fn credentials(
         .json(json!({ "data": views::credentials(&creds) })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
     cursor: Option<String>,
     /// The connection list's name for the cursor, accepted here too.
@@ -302,6 +470,22 @@ struct EventsQuery {
     limit: Option<u32>,
 }
 
+/// Status history of a connection (`connections:read`).
+#[utoipa::path(
+    get,
+    path = "/v1/connections/{id}/events",
+    tag = "connections",
+    operation_id = "listEvents",
+    params(("id" = String, Path, description = "Connection id"), EventsQuery),
+    responses(
+        (status = 200, description = "A page of events, oldest first.", body = schema::EventPage),
+        (status = 400, description = "A malformed query or cursor. Codes: invalid_query, invalid_field.", body = schema::ErrorBody),
+        (status = 401, description = "No, an unknown or a revoked bearer token. Codes: unauthorized.", body = schema::ErrorBody),
+        (status = 403, description = "The key lacks the scope, or the operation is admin-only. Codes: forbidden.", body = schema::ErrorBody),
+        (status = 404, description = "No such connection (or not visible to this key). Codes: not_found.", body = schema::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn events(
     state: web::Data<AppState>,
     Auth(p): Auth,
@@ -328,6 +512,24 @@ async fn events(
     })))
 }
 
+/// Start the consent flow (`connections:write`): a URL to send the user to.
+#[utoipa::path(
+    post,
+    path = "/v1/connections/{id}/oauth2/authorize",
+    tag = "oauth2",
+    operation_id = "authorize",
+    params(("id" = String, Path, description = "Connection id")),
+    responses(
+        (status = 200, description = "The consent URL.", body = schema::AuthorizationData),
+        (status = 401, description = "No, an unknown or a revoked bearer token. Codes: unauthorized.", body = schema::ErrorBody),
+        (status = 403, description = "The key lacks the scope, or the operation is admin-only. Codes: forbidden.", body = schema::ErrorBody),
+        (status = 404, description = "No such connection (or not visible to this key). Codes: not_found.", body = schema::ErrorBody),
+        (status = 409, description = "The connection cannot be authorized. Codes: not_oauth, oauth2_client_missing, illegal_transition.", body = schema::ErrorBody),
+        (status = 400, description = "The OAuth settings are incomplete. Codes: invalid_field.", body = schema::ErrorBody),
+        (status = 502, description = "Discovery at the issuer failed. Codes: provider_error.", body = schema::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn authorize(
     state: web::Data<AppState>,
     Auth(p): Auth,
@@ -342,6 +544,31 @@ async fn authorize(
         .json(json!({ "data": { "url": url.as_str() } })))
 }
 
+/// The callback's query, for the document (parsed by hand in the handler).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct CallbackParamsDoc {
+    state: Option<String>,
+    code: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+    iss: Option<String>,
+}
+
+/// The body of `POST /v1/oauth2-clients`, for the document: the named fields plus the
+/// provider settings (`authorization_endpoint`, `token_endpoint`, `issuer`, ...).
+#[derive(Debug, serde::Serialize, ToSchema)]
+#[allow(dead_code)]
+struct CreateClientBodyDoc {
+    name: String,
+    project_id: Option<String>,
+    #[serde(rename = "type")]
+    kind: String,
+    client_id: String,
+    client_secret: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 struct CallbackQuery {
     /// Single use, but a credential until the callback ends.
@@ -354,6 +581,19 @@ struct CallbackQuery {
     iss: Option<String>,
 }
 
+/// The provider's redirect back (no auth): an HTML page that says how it went.
+#[utoipa::path(
+    get,
+    path = "/v1/connections/oauth2/callback",
+    tag = "oauth2",
+    operation_id = "oauthCallback",
+    params(CallbackParamsDoc),
+    responses(
+        (status = 200, description = "Authorized.", body = String, content_type = "text/html"),
+        (status = 400, description = "Refused (unknown, replayed or expired state, wrong iss, the user denied).", body = String, content_type = "text/html"),
+        (status = 502, description = "The provider did not issue tokens.", body = String, content_type = "text/html")
+    )
+)]
 async fn oauth_callback(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     // Parsed by hand so that a malformed query still gets the callback page.
     let q: CallbackQuery = web::Query::<CallbackQuery>::from_query(req.query_string())
@@ -442,6 +682,24 @@ impl std::fmt::Debug for CreateClientBody {
     }
 }
 
+/// Register a reusable OAuth client (`connections:write`; global ones admin only).
+#[utoipa::path(
+    post,
+    path = "/v1/oauth2-clients",
+    tag = "oauth2-clients",
+    operation_id = "createOAuthClient",
+    request_body = CreateClientBodyDoc,
+    responses(
+        (status = 201, description = "Registered.", body = schema::OAuthClientData),
+        (status = 400, description = "Invalid body. Codes: invalid_json, invalid_body, missing_field, invalid_field, invalid_id, unknown_type.", body = schema::ErrorBody),
+        (status = 413, description = "Body over 64 KiB. Codes: payload_too_large.", body = schema::ErrorBody),
+        (status = 415, description = "Body not sent as application/json. Codes: unsupported_media_type.", body = schema::ErrorBody),
+        (status = 401, description = "No, an unknown or a revoked bearer token. Codes: unauthorized.", body = schema::ErrorBody),
+        (status = 403, description = "The key lacks the scope, or the operation is admin-only. Codes: forbidden.", body = schema::ErrorBody),
+        (status = 409, description = "A client of that name exists. Codes: name_taken.", body = schema::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn create_oauth_client(
     state: web::Data<AppState>,
     Auth(p): Auth,
@@ -465,6 +723,19 @@ async fn create_oauth_client(
     Ok(HttpResponse::Created().json(json!({ "data": views::oauth_client(&c) })))
 }
 
+/// The clients the caller may use (`connections:read`).
+#[utoipa::path(
+    get,
+    path = "/v1/oauth2-clients",
+    tag = "oauth2-clients",
+    operation_id = "listOAuthClients",
+    responses(
+        (status = 200, description = "Clients.", body = schema::OAuthClientList),
+        (status = 401, description = "No, an unknown or a revoked bearer token. Codes: unauthorized.", body = schema::ErrorBody),
+        (status = 403, description = "The key lacks the scope, or the operation is admin-only. Codes: forbidden.", body = schema::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn list_oauth_clients(state: web::Data<AppState>, Auth(p): Auth) -> Result<HttpResponse> {
     let list = state.app.list_oauth_clients(&p).await?;
     Ok(data(list.iter().map(views::oauth_client).collect()))
@@ -475,6 +746,21 @@ fn client_id(raw: &str) -> Result<OAuthClientId> {
         .map_err(|_| ApiError::not_found("oauth2 client"))
 }
 
+/// One OAuth client (`connections:read`).
+#[utoipa::path(
+    get,
+    path = "/v1/oauth2-clients/{id}",
+    tag = "oauth2-clients",
+    operation_id = "getOAuthClient",
+    params(("id" = String, Path, description = "OAuth client id")),
+    responses(
+        (status = 200, description = "The client.", body = schema::OAuthClientData),
+        (status = 401, description = "No, an unknown or a revoked bearer token. Codes: unauthorized.", body = schema::ErrorBody),
+        (status = 403, description = "The key lacks the scope, or the operation is admin-only. Codes: forbidden.", body = schema::ErrorBody),
+        (status = 404, description = "No such oauth2 client (or not visible to this key). Codes: not_found.", body = schema::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn get_oauth_client(
     state: web::Data<AppState>,
     Auth(p): Auth,
@@ -484,6 +770,22 @@ async fn get_oauth_client(
     Ok(data(views::oauth_client(&c)))
 }
 
+/// Delete an OAuth client no connection uses (`connections:write`).
+#[utoipa::path(
+    delete,
+    path = "/v1/oauth2-clients/{id}",
+    tag = "oauth2-clients",
+    operation_id = "deleteOAuthClient",
+    params(("id" = String, Path, description = "OAuth client id")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 401, description = "No, an unknown or a revoked bearer token. Codes: unauthorized.", body = schema::ErrorBody),
+        (status = 403, description = "The key lacks the scope, or the operation is admin-only. Codes: forbidden.", body = schema::ErrorBody),
+        (status = 404, description = "No such oauth2 client (or not visible to this key). Codes: not_found.", body = schema::ErrorBody),
+        (status = 409, description = "Connections still use it. Codes: in_use.", body = schema::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn delete_oauth_client(
     state: web::Data<AppState>,
     Auth(p): Auth,
@@ -493,14 +795,32 @@ async fn delete_oauth_client(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"project_id": "proj-1", "name": "engine", "scopes": ["connections:read", "credentials:read"]}))]
 struct CreateKeyBody {
     project_id: Option<String>,
     name: Option<String>,
     scopes: Option<Vec<String>>,
 }
 
+/// Create a project-scoped access key (admin only). The key is shown once.
+#[utoipa::path(
+    post,
+    path = "/v1/access-keys",
+    tag = "access-keys",
+    operation_id = "createAccessKey",
+    request_body = CreateKeyBody,
+    responses(
+        (status = 201, description = "Created.", body = schema::CreatedAccessKeyData),
+        (status = 400, description = "Invalid body. Codes: invalid_json, invalid_body, missing_field, invalid_field, invalid_id, unknown_type.", body = schema::ErrorBody),
+        (status = 413, description = "Body over 64 KiB. Codes: payload_too_large.", body = schema::ErrorBody),
+        (status = 415, description = "Body not sent as application/json. Codes: unsupported_media_type.", body = schema::ErrorBody),
+        (status = 401, description = "No, an unknown or a revoked bearer token. Codes: unauthorized.", body = schema::ErrorBody),
+        (status = 403, description = "The key lacks the scope, or the operation is admin-only. Codes: forbidden.", body = schema::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn create_access_key(
     state: web::Data<AppState>,
     Auth(p): Auth,
@@ -522,11 +842,39 @@ async fn create_access_key(
         .json(json!({ "data": v })))
 }
 
+/// Access keys (the admin sees all, a key its project's).
+#[utoipa::path(
+    get,
+    path = "/v1/access-keys",
+    tag = "access-keys",
+    operation_id = "listAccessKeys",
+    responses(
+        (status = 200, description = "Keys, never the secrets.", body = schema::AccessKeyList),
+        (status = 401, description = "No, an unknown or a revoked bearer token. Codes: unauthorized.", body = schema::ErrorBody),
+        (status = 403, description = "The key lacks the scope, or the operation is admin-only. Codes: forbidden.", body = schema::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn list_access_keys(state: web::Data<AppState>, Auth(p): Auth) -> Result<HttpResponse> {
     let keys = state.app.list_access_keys(&p).await?;
     Ok(data(keys.iter().map(views::access_key).collect()))
 }
 
+/// Revoke an access key (admin only).
+#[utoipa::path(
+    delete,
+    path = "/v1/access-keys/{id}",
+    tag = "access-keys",
+    operation_id = "deleteAccessKey",
+    params(("id" = String, Path, description = "Access key id")),
+    responses(
+        (status = 204, description = "Revoked."),
+        (status = 401, description = "No, an unknown or a revoked bearer token. Codes: unauthorized.", body = schema::ErrorBody),
+        (status = 403, description = "The key lacks the scope, or the operation is admin-only. Codes: forbidden.", body = schema::ErrorBody),
+        (status = 404, description = "No such access key (or not visible to this key). Codes: not_found.", body = schema::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 async fn delete_access_key(
     state: web::Data<AppState>,
     Auth(p): Auth,

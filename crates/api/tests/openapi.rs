@@ -1,0 +1,98 @@
+//! `docs/openapi.json` is the generated document, byte for byte. Regenerate it with
+//! `cargo xtask openapi` (or `LATCHKEY_UPDATE_OPENAPI=1 cargo test -p latchkey-api --test openapi`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+fn committed_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json")
+}
+
+#[test]
+fn the_committed_document_is_the_generated_one() {
+    let generated = format!("{}\n", latchkey_api::openapi::json());
+    let path = committed_path();
+    if std::env::var_os("LATCHKEY_UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/openapi.json differs from the document the code generates: run `cargo xtask openapi` and commit the result"
+    );
+}
+
+#[test]
+fn the_document_covers_the_contract() {
+    let doc: serde_json::Value = serde_json::from_str(&latchkey_api::openapi::json()).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let error = &doc["components"]["schemas"]["ErrorBody"];
+    assert_eq!(
+        error["properties"]["error"]["$ref"],
+        "#/components/schemas/ErrorDetail"
+    );
+    // Creates link to the operations on what they created.
+    let link =
+        &doc["paths"]["/v1/connections"]["post"]["responses"]["201"]["links"]["getCredentials"];
+    assert_eq!(link["operationId"], "getCredentials", "{link}");
+    assert_eq!(link["parameters"]["id"], "$response.body#/data/id");
+    // Every route the server registers, with its methods.
+    let expected: &[(&str, &[&str])] = &[
+        ("/healthz", &["get"]),
+        ("/metrics", &["get"]),
+        ("/openapi.json", &["get"]),
+        ("/v1/connections", &["get", "post"]),
+        ("/v1/connections/{id}", &["delete", "get", "patch"]),
+        ("/v1/connections/{id}/credentials", &["get"]),
+        ("/v1/connections/{id}/events", &["get"]),
+        ("/v1/connections/{id}/oauth2/authorize", &["post"]),
+        ("/v1/connections/oauth2/callback", &["get"]),
+        ("/v1/oauth2-clients", &["get", "post"]),
+        ("/v1/oauth2-clients/{id}", &["delete", "get"]),
+        ("/v1/access-keys", &["get", "post"]),
+        ("/v1/access-keys/{id}", &["delete"]),
+    ];
+    let paths = doc["paths"].as_object().unwrap();
+    assert_eq!(paths.len(), expected.len(), "{:?}", paths.keys());
+    for (path, methods) in expected {
+        let item = paths
+            .get(*path)
+            .unwrap_or_else(|| panic!("{path} is missing"));
+        let mut found: Vec<&str> = item
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        found.sort();
+        assert_eq!(&found, methods, "{path}");
+        for m in *methods {
+            let op = &item[*m];
+            let public = matches!(
+                *path,
+                "/healthz" | "/openapi.json" | "/v1/connections/oauth2/callback"
+            );
+            assert_eq!(op.get("security").is_none(), public, "{m} {path}: security");
+            if !public {
+                let unauthorized = &op["responses"]["401"];
+                assert!(
+                    unauthorized["description"]
+                        .as_str()
+                        .unwrap()
+                        .contains("unauthorized"),
+                    "{m} {path}"
+                );
+                assert_eq!(
+                    unauthorized["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody",
+                    "{m} {path}"
+                );
+            }
+        }
+    }
+}
