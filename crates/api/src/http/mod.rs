@@ -198,9 +198,15 @@ async fn metrics(state: web::Data<AppState>, Auth(p): Auth) -> Result<HttpRespon
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "Stripe prod", "project_id": "proj-1", "type": "api_key", "config": {"api_key": "sk_live_123"}}))]
 struct CreateConnectionBody {
+    /// Unique within the project.
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 200)]
     name: Option<String>,
+    #[schema(required = true, value_type = String, pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     project_id: Option<String>,
+    /// `api_key`, `basic`, `custom`, `google`, `microsoft`, `dropbox`, `box`, `notion`,
+    /// `github`, `oauth2`, or a Dynamiq alias such as `dynamiq.connections.OAuth2`.
     #[serde(rename = "type")]
+    #[schema(required = true, value_type = String)]
     kind: Option<String>,
     /// Holds the secrets (API key, password, client secret). Per type: `api_key`,
     /// `username`/`password`, `fields`, or the OAuth settings.
@@ -799,8 +805,12 @@ async fn delete_oauth_client(
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"project_id": "proj-1", "name": "engine", "scopes": ["connections:read", "credentials:read"]}))]
 struct CreateKeyBody {
+    #[schema(required = true, value_type = String, pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     project_id: Option<String>,
+    #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
+    /// `connections:read`, `connections:write`, `credentials:read`, `metrics:read`.
+    #[schema(required = true, value_type = Vec<String>, min_items = 1)]
     scopes: Option<Vec<String>>,
 }
 
