@@ -65,7 +65,6 @@ struct Store {
     /// Rows whose every replace loses (kept busy).
     always_busy: Mutex<Vec<String>>,
     replaces: Mutex<usize>,
-    reads_per_page: Mutex<Vec<usize>>,
 }
 
 impl Store {
@@ -102,7 +101,6 @@ impl SealedValueStore for Store {
             .take(limit as usize)
             .map(|(id, (v, s))| Store::record(id, *v, s))
             .collect();
-        self.reads_per_page.lock().unwrap().push(page.len());
         Ok(page)
     }
 
@@ -202,7 +200,6 @@ async fn a_lost_race_is_reread_and_the_writers_value_kept() {
     let after = key_census(&store, &ring).await.unwrap();
     assert_eq!(after.values.get("o"), None);
     assert_eq!(after.missing_from_ring(), Vec::<String>::new());
-    // Paged by id in batches of 4: 4, then 2.
     assert_eq!(seen.last().unwrap().resealed, 5);
     assert_eq!(seen.last().unwrap().total, 6);
 }
