@@ -211,6 +211,15 @@ impl Config {
         })
     }
 
+    /// The origin the OAuth callback page posts its result to: `LATCHKEY_UI_ORIGIN`, or else
+    /// the origin of `LATCHKEY_PUBLIC_URL`, where the binary serves its own management page.
+    /// Never `*`: the message names the connection, and any opener could read it.
+    pub fn ui_target_origin(&self) -> String {
+        self.ui_origin
+            .clone()
+            .unwrap_or_else(|| self.public_url.origin().ascii_serialization())
+    }
+
     pub fn callback_url(&self) -> String {
         format!(
             "{}/v1/connections/oauth2/callback",
@@ -435,6 +444,24 @@ mod tests {
             let own = std::fs::read_to_string("/proc/self/stat").unwrap();
             assert!(env_block(&own).is_some(), "{own}");
         }
+    }
+
+    #[test]
+    fn the_callback_posts_to_the_public_origin_unless_told_otherwise() {
+        let c = Config::from_vars(&vars(&[(
+            "LATCHKEY_PUBLIC_URL",
+            "https://keys.example.com:8443/latchkey/",
+        )]))
+        .unwrap();
+        assert_eq!(c.ui_target_origin(), "https://keys.example.com:8443");
+        let c = Config::from_vars(&vars(&[])).unwrap();
+        assert_eq!(c.ui_target_origin(), "http://127.0.0.1:8080");
+        let c = Config::from_vars(&vars(&[
+            ("LATCHKEY_PUBLIC_URL", "https://keys.example.com"),
+            ("LATCHKEY_UI_ORIGIN", "https://app.example.com/settings"),
+        ]))
+        .unwrap();
+        assert_eq!(c.ui_target_origin(), "https://app.example.com");
     }
 
     #[test]

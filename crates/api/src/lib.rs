@@ -109,7 +109,7 @@ impl Application {
             app: app.clone(),
             store,
             admin_token: config.admin_token.clone(),
-            ui_origin: config.ui_origin.clone(),
+            ui_origin: config.ui_target_origin(),
             ring,
             gauges: telemetry::Gauges::default(),
         });

@@ -19,6 +19,8 @@ use crate::http;
         http::healthz,
         http::metrics,
         http::openapi_json,
+        http::me,
+        http::connection_types,
         http::create_connection,
         http::list_connections,
         http::get_connection,

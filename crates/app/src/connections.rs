@@ -73,6 +73,18 @@ pub struct ConnectionDetails {
 /// How many flows a connection's details list at most.
 pub const USED_BY_LIMIT: u32 = 100;
 
+/// What a listing asks for, as the caller gave it (validated by `list_connections`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListFilter<'a> {
+    pub project_id: Option<&'a str>,
+    pub status: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    /// Name contains this text (ASCII case folded).
+    pub name_contains: Option<&'a str>,
+    pub after: Option<&'a str>,
+    pub limit: Option<u32>,
+}
+
 /// One page of a listing.
 #[derive(Debug, Clone)]
 pub struct ListPage {
@@ -298,12 +310,16 @@ impl Latchkey {
     pub async fn list_connections(
         &self,
         principal: &Principal,
-        project_id: Option<&str>,
-        status: Option<&str>,
-        kind: Option<&str>,
-        after: Option<&str>,
-        limit: Option<u32>,
+        filter: ListFilter<'_>,
     ) -> Result<ListPage, AppError> {
+        let ListFilter {
+            project_id,
+            status,
+            kind,
+            name_contains,
+            after,
+            limit,
+        } = filter;
         principal.require(Scope::ConnectionsRead)?;
         let project = match (
             project_id.map(ProjectId::parse).transpose()?,
@@ -323,6 +339,17 @@ impl Latchkey {
             project_id: project,
             status: status.map(str::parse).transpose()?,
             kind: kind.map(str::parse).transpose()?,
+            name_contains: match name_contains.map(str::trim) {
+                Some(t) if t.chars().count() > ConnectionName::MAX_CHARS => {
+                    return Err(DomainError::InvalidField {
+                        field: "q".into(),
+                        reason: format!("must be at most {} characters", ConnectionName::MAX_CHARS),
+                    }
+                    .into())
+                }
+                Some("") | None => None,
+                Some(t) => Some(t.to_owned()),
+            },
             after: after.map(str::parse).transpose()?,
             limit: limit + 1,
         };

@@ -29,7 +29,8 @@ use latchkey_ports::{
 pub use access::{constant_time_eq, IssuedKey, Principal};
 pub use clients::CreateOAuthClient;
 pub use connections::{
-    ConnectionDetails, CreateConnection, Credentials, ListPage, UpdateConnection, USED_BY_LIMIT,
+    ConnectionDetails, CreateConnection, Credentials, ListFilter, ListPage, UpdateConnection,
+    USED_BY_LIMIT,
 };
 pub use error::{AppError, CallbackError, INTERNAL_ERROR_MESSAGE};
 pub use oauth_flow::{CallbackOutcome, CallbackParams};

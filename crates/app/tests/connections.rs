@@ -9,7 +9,9 @@ use std::sync::Arc;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
-use latchkey_app::{AppError, CreateConnection, Credentials, Latchkey, UpdateConnection};
+use latchkey_app::{
+    AppError, CreateConnection, Credentials, Latchkey, ListFilter, UpdateConnection,
+};
 use latchkey_domain::sealed::fields;
 use latchkey_domain::{
     Connection, ConnectionId, ConnectionName, ConnectionType, DomainError, ProjectId,
@@ -93,7 +95,13 @@ async fn create_stores_the_secrets_of_each_simple_type_sealed() {
     // The non-secret custom field stays readable.
     let custom = h.store.connection(
         h.app
-            .list_connections(&admin(), None, None, Some("custom"), None, None)
+            .list_connections(
+                &admin(),
+                ListFilter {
+                    kind: Some("custom"),
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap()
             .items[0]
@@ -281,7 +289,13 @@ async fn a_key_sees_another_projects_connections_as_not_found() {
     // Listing another project's connections is empty rather than an error.
     let page = h
         .app
-        .list_connections(&mine, Some(OTHER_PROJECT), None, None, None, None)
+        .list_connections(
+            &mine,
+            ListFilter {
+                project_id: Some(OTHER_PROJECT),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert!(page.items.is_empty());

@@ -51,6 +51,9 @@ pub struct ConnectionQuery {
     pub project_id: Option<ProjectId>,
     pub status: Option<Status>,
     pub kind: Option<ConnectionType>,
+    /// Only connections whose name contains this text (ASCII letters compared without
+    /// case; `%` and `_` are literal).
+    pub name_contains: Option<String>,
     /// Return connections whose id sorts after this one.
     pub after: Option<ConnectionId>,
     pub limit: u32,

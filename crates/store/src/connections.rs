@@ -7,7 +7,7 @@ use latchkey_domain::{
     Status, Usage,
 };
 use latchkey_ports::{ConnectionQuery, ConnectionStore, EventPage, EventQuery, StoreError};
-use sea_orm::sea_query::{Alias, Expr, OnConflict, Query};
+use sea_orm::sea_query::{Alias, Expr, Func, LikeExpr, OnConflict, Query};
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, PaginatorTrait,
@@ -26,6 +26,22 @@ use connections::Column as C;
 /// First key of the advisory lock that serialises connection creation per project on
 /// PostgreSQL (the second key is the project id's hash). Arbitrary; "Lk" + "cap".
 const PG_PROJECT_CAP_LOCK: i32 = 0x4c6b_6361;
+
+/// `%text%` for LIKE over a lowercased column, with the wildcards in `text` escaped so that
+/// a search for `50%` finds only names containing `50%`. SQLite's `lower()` folds ASCII
+/// only, so the pattern folds ASCII only too: both databases then agree.
+fn like_contains(text: &str) -> String {
+    let mut p = String::with_capacity(text.len() + 2);
+    p.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c.to_ascii_lowercase());
+    }
+    p.push('%');
+    p
+}
 
 /// Errors of writing a connection row: name clashes and unknown OAuth clients get
 /// their own meaning.
@@ -166,6 +182,12 @@ impl ConnectionStore for SeaStore {
         }
         if let Some(kind) = query.kind {
             q = q.filter(C::Kind.eq(kind.as_str()));
+        }
+        if let Some(text) = query.name_contains.as_deref().filter(|t| !t.is_empty()) {
+            q = q.filter(
+                Expr::expr(Func::lower(Expr::col(C::Name)))
+                    .like(LikeExpr::new(like_contains(text)).escape('\\')),
+            );
         }
         if let Some(after) = query.after {
             q = q.filter(C::Id.gt(after.to_string()));

@@ -404,6 +404,39 @@ mod cases {
         .await
         .is_empty());
 
+        // Name search: a substring, ASCII case folded, wildcards taken literally.
+        let odd = [
+            api_key("p1", "Sales 50% off"),
+            api_key("p1", "Sales 50x off"),
+            api_key("p1", "a_b"),
+        ];
+        for c in &odd {
+            store.insert_connection(c, &created(c)).await.unwrap();
+        }
+        let named = |text: &str| ConnectionQuery {
+            project_id: p1.clone(),
+            name_contains: Some(text.to_owned()),
+            ..Default::default()
+        };
+        let mut sales = vec![odd[0].id, odd[1].id];
+        sales.sort();
+        assert_eq!(ids(named("sALES 50")).await, sales);
+        assert_eq!(ids(named("50%")).await, vec![odd[0].id]);
+        assert_eq!(ids(named("a_b")).await, vec![odd[2].id]);
+        assert!(ids(named("a%b")).await.is_empty());
+        let mut ks = rows
+            .iter()
+            .filter(|c| {
+                c.project_id.as_str() == "p1" && c.name.as_str().to_ascii_lowercase().contains('k')
+            })
+            .map(|c| c.id)
+            .collect::<Vec<_>>();
+        ks.sort();
+        assert_eq!(ids(named("K")).await, ks);
+        for c in &odd {
+            store.delete_connection(c.id).await.unwrap();
+        }
+
         // Paging by id cursor visits every row once, in id order.
         let mut seen = Vec::new();
         let mut after = None;

@@ -11,7 +11,7 @@ pub struct CallbackPage<'a> {
     pub title: &'a str,
     pub message: &'a str,
     pub connection_id: Option<String>,
-    pub target_origin: Option<&'a str>,
+    pub target_origin: &'a str,
     pub nonce: &'a str,
 }
 
@@ -22,15 +22,12 @@ pub fn render(page: CallbackPage<'_>) -> HttpResponse {
         "connection_id": page.connection_id,
         "message": page.message,
     });
-    let script = match page.target_origin {
-        Some(origin) => format!(
-            "(function(){{var m={};try{{if(window.opener){{window.opener.postMessage(m,{});}}}}catch(e){{}}setTimeout(function(){{window.close();}},{});}})();",
-            script_json(&payload),
-            script_json(&json!(origin)),
-            if page.ok { 1500 } else { 8000 },
-        ),
-        None => String::new(),
-    };
+    let script = format!(
+        "(function(){{var m={};try{{if(window.opener){{window.opener.postMessage(m,{});}}}}catch(e){{}}setTimeout(function(){{window.close();}},{});}})();",
+        script_json(&payload),
+        script_json(&json!(page.target_origin)),
+        if page.ok { 1500 } else { 8000 },
+    );
     let body = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{title}</title>\
 <style nonce=\"{nonce}\">body{{font:16px system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem;color:#222}}h1{{font-size:1.3rem}}.ok{{color:#176f2c}}.err{{color:#a31515}}</style></head>\
@@ -89,7 +86,7 @@ mod tests {
             title: "t",
             message: "<script>alert(1)</script>",
             connection_id: None,
-            target_origin: Some("https://app.example"),
+            target_origin: "https://app.example",
             nonce: "n0nce",
         });
         assert_eq!(

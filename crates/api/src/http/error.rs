@@ -13,6 +13,9 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The request field the error is about (`name`, `config.api_key`, ...), so that a
+    /// form can show the message next to that field.
+    pub field: Option<String>,
 }
 
 impl ApiError {
@@ -21,7 +24,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            field: None,
         }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -64,7 +73,11 @@ impl ResponseError for ApiError {
             res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
         res.insert_header((header::CACHE_CONTROL, "no-store"));
-        res.json(json!({ "error": { "code": self.code, "message": self.message } }))
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(field) = &self.field {
+            error["field"] = json!(field);
+        }
+        res.json(json!({ "error": error }))
     }
 }
 
@@ -85,8 +98,9 @@ impl From<AppError> for ApiError {
                 DomainError::InvalidId { .. } => {
                     ApiError::new(S::BAD_REQUEST, "invalid_id", d.to_string())
                 }
-                DomainError::InvalidField { .. } => {
-                    ApiError::new(S::BAD_REQUEST, "invalid_field", d.to_string())
+                DomainError::InvalidField { ref field, .. } => {
+                    let field = field.clone();
+                    ApiError::new(S::BAD_REQUEST, "invalid_field", d.to_string()).with_field(field)
                 }
             },
             AppError::NotFound(what) => ApiError::not_found(what),
@@ -94,7 +108,9 @@ impl From<AppError> for ApiError {
             e @ AppError::VersionConflict { .. } => {
                 ApiError::new(S::CONFLICT, "version_conflict", e.to_string())
             }
-            e @ AppError::NameTaken(_) => ApiError::new(S::CONFLICT, "name_taken", e.to_string()),
+            e @ AppError::NameTaken(_) => {
+                ApiError::new(S::CONFLICT, "name_taken", e.to_string()).with_field("name")
+            }
             AppError::InUse(m) => ApiError::new(S::CONFLICT, "in_use", m),
             AppError::LimitReached(m) => ApiError::new(S::CONFLICT, "limit_reached", m),
             AppError::State { code, message } => ApiError::new(S::CONFLICT, code, message),

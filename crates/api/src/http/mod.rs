@@ -4,6 +4,7 @@ mod auth;
 mod callback;
 pub mod error;
 pub mod schema;
+mod ui;
 mod views;
 
 use std::sync::Arc;
@@ -16,7 +17,8 @@ use serde_json::{json, Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use latchkey_app::{
-    CallbackError, CallbackParams, CreateConnection, CreateOAuthClient, Latchkey, UpdateConnection,
+    CallbackError, CallbackParams, CreateConnection, CreateOAuthClient, Latchkey, ListFilter,
+    UpdateConnection,
 };
 use latchkey_domain::{AccessKeyId, ConnectionId, OAuthClientId};
 use latchkey_store::SeaStore;
@@ -32,7 +34,8 @@ pub struct AppState {
     pub app: Arc<Latchkey>,
     pub store: SeaStore,
     pub admin_token: Option<SecretString>,
-    pub ui_origin: Option<String>,
+    /// Where the callback page posts its result (never `*`).
+    pub ui_origin: String,
     /// The key ring, for the per-key gauge.
     pub ring: Arc<latchkey_cipher::KeyRing>,
     pub gauges: crate::telemetry::Gauges,
@@ -59,6 +62,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/healthz", web::get().to(healthz))
     .route("/metrics", web::get().to(metrics))
     .route("/openapi.json", web::get().to(openapi_json))
+    // The management page: static files, no credentials (it signs in with a key itself).
+    .configure(ui::configure)
     // The provider's redirect carries no credentials: outside the authenticated scope,
     // and before it, so /v1/connections/{id} does not match "oauth2".
     .route(
@@ -69,6 +74,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/v1")
             // Authentication first, before any extractor reads the request.
             .wrap(actix_web::middleware::from_fn(auth::require_auth))
+            .route("/me", web::get().to(me))
+            .route("/connection-types", web::get().to(connection_types))
             .route("/connections", web::post().to(create_connection))
             .route("/connections", web::get().to(list_connections))
             .route("/connections/{id}", web::get().to(get_connection))
@@ -194,6 +201,65 @@ async fn metrics(state: web::Data<AppState>, Auth(p): Auth) -> Result<HttpRespon
         .body(text))
 }
 
+/// Who the bearer is, so that a page holding only a key can learn its project and scopes.
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    tag = "access-keys",
+    operation_id = "me",
+    responses(
+        (status = 200, description = "The caller: the admin, or an access key with its project and scopes.", body = schema::MeData),
+        (status = 401, description = "No, an unknown or a revoked bearer token. Codes: unauthorized.", body = schema::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+async fn me(Auth(p): Auth) -> HttpResponse {
+    data(match &p {
+        latchkey_app::Principal::Admin => json!({
+            "kind": "admin",
+            "project_id": null,
+            "scopes": latchkey_domain::Scope::ALL,
+        }),
+        latchkey_app::Principal::Key {
+            id,
+            project,
+            scopes,
+        } => json!({
+            "kind": "access_key",
+            "id": id,
+            "project_id": project,
+            "scopes": scopes,
+        }),
+    })
+}
+
+/// The accepted connection types with what a form needs to offer them: a label, whether
+/// it is OAuth, the catalog's default and always-added scopes, and whether the deployment
+/// has its own app for the provider (so a connection may leave `client_id` out).
+#[utoipa::path(
+    get,
+    path = "/v1/connection-types",
+    tag = "connections",
+    operation_id = "listConnectionTypes",
+    responses(
+        (status = 200, description = "Every accepted connection type.", body = schema::ConnectionTypeList),
+        (status = 401, description = "No, an unknown or a revoked bearer token. Codes: unauthorized.", body = schema::ErrorBody),
+        (status = 403, description = "The key lacks the scope, or the operation is admin-only. Codes: forbidden.", body = schema::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+async fn connection_types(state: web::Data<AppState>, Auth(p): Auth) -> Result<HttpResponse> {
+    p.require(latchkey_domain::Scope::ConnectionsRead)
+        .map_err(ApiError::from)?;
+    let defaults = &state.app.settings().default_clients;
+    Ok(data(
+        latchkey_domain::ConnectionType::ALL
+            .iter()
+            .map(|t| views::connection_type(*t, defaults))
+            .collect(),
+    ))
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "Stripe prod", "project_id": "proj-1", "type": "api_key", "config": {"api_key": "sk_live_123"}}))]
@@ -217,7 +283,9 @@ struct CreateConnectionBody {
 }
 
 fn required<T>(v: Option<T>, field: &str) -> Result<T> {
-    v.ok_or_else(|| ApiError::bad_request("missing_field", format!("{field} is required")))
+    v.ok_or_else(|| {
+        ApiError::bad_request("missing_field", format!("{field} is required")).with_field(field)
+    })
 }
 
 /// Create a connection (`connections:write`). OAuth types start `incomplete`.
@@ -257,7 +325,10 @@ async fn create_connection(
             {
                 Value::Object(Map::new())
             }
-            None => return Err(ApiError::bad_request("missing_field", "config is required")),
+            None => {
+                return Err(ApiError::bad_request("missing_field", "config is required")
+                    .with_field("config"))
+            }
         },
         kind,
         oauth2_client_id: b.oauth2_client_id,
@@ -274,6 +345,10 @@ struct ListQuery {
     status: Option<String>,
     #[serde(rename = "type")]
     kind: Option<String>,
+    /// Only connections whose name contains this text (ASCII letters without case, `%`
+    /// and `_` literal, at most 200 characters).
+    #[param(max_length = 200)]
+    q: Option<String>,
     after: Option<String>,
     limit: Option<u32>,
 }
@@ -302,11 +377,14 @@ async fn list_connections(
         .app
         .list_connections(
             &p,
-            q.project_id.as_deref(),
-            q.status.as_deref(),
-            q.kind.as_deref(),
-            q.after.as_deref(),
-            q.limit,
+            ListFilter {
+                project_id: q.project_id.as_deref(),
+                status: q.status.as_deref(),
+                kind: q.kind.as_deref(),
+                name_contains: q.q.as_deref(),
+                after: q.after.as_deref(),
+                limit: q.limit,
+            },
         )
         .await?;
     Ok(HttpResponse::Ok().json(json!({
@@ -623,7 +701,7 @@ async fn oauth_callback(state: web::Data<AppState>, req: HttpRequest) -> HttpRes
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
         b.iter().map(|x| format!("{x:02x}")).collect::<String>()
     };
-    let origin = state.ui_origin.as_deref();
+    let origin = state.ui_origin.as_str();
     match state.app.complete_authorization(params).await {
         Ok(outcome) => callback::render(callback::CallbackPage {
             status: StatusCode::OK,

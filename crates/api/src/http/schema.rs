@@ -22,6 +22,11 @@ pub struct ErrorDetail {
     pub code: String,
     /// For people; never contains a secret or internals.
     pub message: String,
+    /// The request field the error is about (`name`, `config.api_key`,
+    /// `config.fields.<name>`, `q`, ...), when it is about one; a form shows the message
+    /// next to that field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -224,4 +229,51 @@ pub struct AccessKeyList {
 pub struct Health {
     /// `ok`.
     pub status: String,
+}
+
+/// Who the bearer is (`GET /v1/me`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MeView {
+    /// `admin` or `access_key`.
+    pub kind: String,
+    /// The access key's id (keys only).
+    #[schema(format = Uuid)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The key's project; `null` for the admin, who sees every project.
+    pub project_id: Option<String>,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MeData {
+    pub data: MeView,
+}
+
+/// A connection type as a form offers it (`GET /v1/connection-types`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectionTypeView {
+    /// The name to create it with (`api_key`, `google`, `oauth2`, ...).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// For people: `API key`, `Google`, `OAuth 2.0 (any provider)`, ...
+    pub label: String,
+    pub oauth: bool,
+    /// OAuth types: requested when a connection names no scopes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_scopes: Option<Vec<String>>,
+    /// OAuth types: always requested.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required_scopes: Option<Vec<String>>,
+    /// OAuth types: the deployment has its own app for this provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub has_default_app: Option<bool>,
+    /// Microsoft: the default tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectionTypeList {
+    pub data: Vec<ConnectionTypeView>,
 }

@@ -5,7 +5,11 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 use latchkey_app::{ConnectionDetails, Credentials};
-use latchkey_domain::{AccessKey, Connection, ConnectionEvent, OAuthClient, Usage};
+use std::collections::HashMap;
+
+use latchkey_domain::{
+    AccessKey, Connection, ConnectionEvent, ConnectionType, OAuthClient, Provider, Usage,
+};
 
 /// `used_by`: the most recently used flows and how many flows there are in all.
 pub fn connection(c: &Connection, used_by: Option<(&[Usage], u64)>) -> Value {
@@ -42,6 +46,33 @@ pub fn connection(c: &Connection, used_by: Option<(&[Usage], u64)>) -> Value {
             .map(|u| json!({ "flow_id": u.flow_id, "first_used_at": u.first_used_at, "last_used_at": u.last_used_at, "uses": u.count }))
             .collect();
         v["used_by_total"] = json!(total);
+    }
+    v
+}
+
+/// A connection type as the management page offers it.
+pub fn connection_type<V>(t: ConnectionType, default_clients: &HashMap<Provider, V>) -> Value {
+    let label = match t {
+        ConnectionType::ApiKey => "API key",
+        ConnectionType::Basic => "Basic auth",
+        ConnectionType::Custom => "Custom fields",
+        ConnectionType::OAuth(p) => match p {
+            Provider::Google => "Google",
+            Provider::Microsoft => "Microsoft",
+            Provider::Dropbox => "Dropbox",
+            Provider::Box => "Box",
+            Provider::Notion => "Notion",
+            Provider::GitHub => "GitHub",
+            Provider::Generic => "OAuth 2.0 (any provider)",
+        },
+    };
+    let mut v = json!({ "type": t, "label": label, "oauth": t.is_oauth() });
+    if let ConnectionType::OAuth(p) = t {
+        let spec = p.spec();
+        v["default_scopes"] = json!(spec.map(|s| s.default_scopes).unwrap_or_default());
+        v["required_scopes"] = json!(spec.map(|s| s.required_scopes).unwrap_or_default());
+        v["has_default_app"] = json!(default_clients.contains_key(&p));
+        v["tenant"] = json!(spec.and_then(|s| s.default_tenant));
     }
     v
 }

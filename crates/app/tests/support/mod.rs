@@ -204,6 +204,14 @@ impl ConnectionStore for FakeStore {
             .filter(|c| q.project_id.as_ref().is_none_or(|p| *p == c.project_id))
             .filter(|c| q.status.is_none_or(|s| s == c.status))
             .filter(|c| q.kind.is_none_or(|k| k == c.kind))
+            .filter(|c| {
+                q.name_contains.as_deref().is_none_or(|n| {
+                    c.name
+                        .as_str()
+                        .to_ascii_lowercase()
+                        .contains(&n.to_ascii_lowercase())
+                })
+            })
             .filter(|c| q.after.is_none_or(|a| c.id > a))
             .take(q.limit as usize)
             .cloned()
