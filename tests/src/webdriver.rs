@@ -37,7 +37,8 @@ pub struct Element(String);
 
 fn find_binary(env: &str, candidates: &[&str]) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(env) {
-        return Some(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        return p.exists().then_some(p);
     }
     for c in candidates {
         let p = Path::new(c);

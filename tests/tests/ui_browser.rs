@@ -314,8 +314,9 @@ async fn connect_in_popup(b: &Chromium, button: &str, outcome: &str) {
 
 #[tokio::test]
 async fn the_connections_screen_manages_every_kind_of_connection() {
-    let env = Env::start().await;
+    // The browser first: without chromium the test fails at once, saying what to install.
     let mut b = Chromium::start().await.unwrap();
+    let env = Env::start().await;
 
     // `/` leads to the page; an admin signs in and types a project (none has connections).
     sign_in(&b, &env, ADMIN_TOKEN).await;
@@ -682,6 +683,7 @@ async fn the_connections_screen_manages_every_kind_of_connection() {
 
 #[tokio::test]
 async fn an_access_key_sees_its_project_works_by_keyboard_and_a_401_returns_to_sign_in() {
+    let mut b = Chromium::start().await.unwrap();
     let env = Env::start().await;
     let (status, key) = env
         .post(
@@ -700,8 +702,6 @@ async fn an_access_key_sees_its_project_works_by_keyboard_and_a_401_returns_to_s
         )
         .await;
     assert_eq!(status, 201);
-
-    let mut b = Chromium::start().await.unwrap();
 
     // A wrong key is refused on the sign-in form.
     sign_in(&b, &env, "lk_not_a_real_key").await;

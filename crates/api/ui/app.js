@@ -105,7 +105,7 @@ function updateSession() {
 
 /** Replaces the page content and moves focus to its heading, as a page load would. */
 function show(...nodes) {
-  main.replaceChildren(...nodes.flat());
+  main.replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined && n !== false));
   const heading = main.querySelector('h1');
   if (heading) {
     heading.setAttribute('tabindex', '-1');
@@ -286,6 +286,7 @@ async function renderList() {
   }
   const statusSel = field({
     label: 'Status',
+    filter: true,
     kind: 'select',
     value: ls.status,
     options: [
@@ -297,11 +298,12 @@ async function renderList() {
   });
   const typeSel = field({
     label: 'Type',
+    filter: true,
     kind: 'select',
     value: ls.type,
     options: [['', 'All types'], ...types.map((t) => [t.type, t.label])],
   });
-  const search = field({ label: 'Search by name', type: 'search', value: ls.q });
+  const search = field({ label: 'Search by name', type: 'search', value: ls.q, filter: true });
   const filters = h('form', { class: 'filters', role: 'search', 'aria-label': 'Filter connections' }, statusSel, typeSel, search);
   const results = h('div', { class: 'results' }, loading());
   const newButton = canWrite() ? h('a', { class: 'button primary', href: '#/new' }, 'New connection') : null;
@@ -483,7 +485,7 @@ async function renderNew(type) {
     show(h('h1', {}, 'New connection'), failure(e));
     return;
   }
-  const back = h('p', {}, h('a', { href: '#/', class: 'inline-link' }, '← All connections'));
+  const back = h('p', {}, h('a', { href: '#/', class: 'back-link' }, '← All connections'));
   if (!type) {
     const group = (title, list) =>
       h(
@@ -581,7 +583,7 @@ function typeHint(t) {
 // ---------------------------------------------------------------------------------------
 
 async function renderDetails(id) {
-  const back = h('p', {}, h('a', { href: '#/', class: 'inline-link' }, '← All connections'));
+  const back = h('p', {}, h('a', { href: '#/', class: 'back-link' }, '← All connections'));
   let c;
   try {
     await connectionTypes();
@@ -753,7 +755,9 @@ function configRows(c) {
       pkce: 'PKCE',
     };
     for (const [k, label] of Object.entries(labels)) {
-      if (oc[k] !== undefined && oc[k] !== null) out.push([label, h('span', { class: 'mono' }, String(oc[k]))]);
+      if (oc[k] === undefined || oc[k] === null) continue;
+      const value = typeof oc[k] === 'boolean' ? (oc[k] ? 'On' : 'Off') : String(oc[k]);
+      out.push([label, h('span', { class: 'mono' }, value)]);
     }
     if (oc.extra_authorization_params) {
       out.push(['Extra authorization parameters', h('span', { class: 'mono' }, Object.entries(oc.extra_authorization_params).map(([k, v]) => `${k}=${v}`).join(' '))]);

@@ -46,7 +46,7 @@ export function field(opts) {
   const wrap = h(
     'div',
     { class: 'field' },
-    h('label', { for: id }, opts.label, opts.required ? null : h('span', { class: 'optional' }, ' (optional)')),
+    h('label', { for: id }, opts.label, opts.required || opts.filter ? null : h('span', { class: 'optional' }, ' (optional)')),
     opts.hint ? h('p', { class: 'hint', id: hintId }, opts.hint) : null,
     control,
     h('p', { class: 'field-error', id: errId, hidden: true }),
