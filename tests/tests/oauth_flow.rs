@@ -1142,9 +1142,13 @@ async fn callback_page_posts_only_to_the_configured_ui_origin() {
     );
 }
 
+/// Without `LATCHKEY_UI_ORIGIN` the opener is the management page the binary serves
+/// itself, at the origin of `LATCHKEY_PUBLIC_URL` (issue 8): the page posts there, and
+/// nowhere else.
 #[tokio::test]
-async fn callback_page_without_ui_origin_posts_nowhere() {
+async fn callback_page_without_ui_origin_posts_to_the_public_url_origin() {
     let env = Env::start().await;
+    let origin = env.server.base_url.clone();
     let id = id_of(
         &env.create_generic("no-ui-origin", env.oauth2_config(POST, Endpoints::Explicit))
             .await,
@@ -1154,6 +1158,19 @@ async fn callback_page_without_ui_origin_posts_nowhere() {
     let refused = env.open_callback(&callback).await;
     for page in [&ok, &refused] {
         assert_page_headers(page);
-        assert!(!page.body.contains("postMessage"), "{}", page.body);
+        assert!(
+            page.body
+                .contains(&format!("window.opener.postMessage(m,\"{origin}\")")),
+            "{}",
+            page.body
+        );
+        assert_eq!(
+            page.body.matches("postMessage(").count(),
+            1,
+            "{}",
+            page.body
+        );
+        assert!(!page.body.contains("\"*\""), "{}", page.body);
+        assert!(!page.body.contains("'*'"), "{}", page.body);
     }
 }
