@@ -32,7 +32,9 @@ const API_KEY_2: &str = "sk_live_UIsecret_REPLACED_77e2";
 const PASSWORD: &str = "hunter2-UIsecret-basic";
 const CUSTOM_TOKEN: &str = "t0k3n-UIsecret-custom";
 const GOOGLE_SECRET: &str = "gsecret-UIsecret-own-app";
-const SECRETS: [&str; 6] = [
+const WRONG_SECRET: &str = "wrong-UIsecret-for-ui-client";
+const SECRETS: [&str; 7] = [
+    WRONG_SECRET,
     API_KEY,
     API_KEY_2,
     PASSWORD,
@@ -286,6 +288,23 @@ async fn wait_rows(b: &Chromium, want: &[&str]) {
     }
 }
 
+/// Waits until the list shows `n` rows and returns their names (sorted).
+async fn wait_row_count(b: &Chromium, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let names = row_names(b).await;
+        if names.len() == n {
+            return names;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the list shows {} rows, not {n}",
+            names.len()
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
 /// Presses the connect button and waits for the popup's outcome on the page.
 async fn connect_in_popup(b: &Chromium, button: &str, outcome: &str) {
     let before = b.window_handles().await.unwrap().len();
@@ -510,8 +529,33 @@ async fn the_connections_screen_manages_every_kind_of_connection() {
     assert_eq!(c["data"]["status"], "incomplete");
     assert_no_secrets(&mut b, "consent declined").await;
 
-    // Filters: status, type, name search, and the empty result.
+    // A wrong client secret: the provider refuses the app, and the page says what to check.
     b.click_text("a", "All connections").await.unwrap();
+    new_connection(&b, "OAuth 2.0 (any provider)").await;
+    b.fill("Name", "Wrong secret").await.unwrap();
+    b.fill("Scopes", "openid").await.unwrap();
+    b.click_text("label", "Discover them from the issuer")
+        .await
+        .unwrap();
+    b.fill("Issuer", env.peer.issuer()).await.unwrap();
+    b.fill("Client ID", CLIENT).await.unwrap();
+    b.fill("Client secret", WRONG_SECRET).await.unwrap();
+    b.click_text("button", "Create, then connect")
+        .await
+        .unwrap();
+    b.wait_text("Connect the account to make it active.")
+        .await
+        .unwrap();
+    connect_in_popup(&b, "Connect account", "rejected the app’s credentials").await;
+    b.wait_text("Check the client secret").await.unwrap();
+    assert_no_secrets(&mut b, "client refused").await;
+    b.click_text("button", "Delete connection").await.unwrap();
+    b.wait("dialog[open]").await.unwrap();
+    b.click_text("dialog button", "Delete").await.unwrap();
+    b.wait_with_text("h1", "Connections").await.unwrap();
+
+    // Filters: status, type, name search, and the empty result (the delete above ended on
+    // the list).
     wait_rows(
         &b,
         &[
@@ -777,11 +821,36 @@ async fn an_access_key_sees_its_project_works_by_keyboard_and_a_401_returns_to_s
         .unwrap();
     assert_eq!(stored, json!(0), "the dead key is gone from the tab");
 
-    // Sign out clears the admin token too.
+    // The admin picks a project from those that have connections, and pages through it.
+    for i in 0..27 {
+        let (status, body) = env
+            .post(
+                "/v1/connections",
+                json!({ "name": format!("Key {i:02}"), "project_id": "proj-many", "type": "api_key", "config": { "api_key": "k" } }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
     sign_in(&b, &env, ADMIN_TOKEN).await;
     b.wait_with_text("h1", "Choose a project").await.unwrap();
     b.wait_with_text("button", "proj-key").await.unwrap();
     b.wait_with_text("button", "other").await.unwrap();
+    b.click_text("button", "proj-many").await.unwrap();
+    b.wait_text("Page 1").await.unwrap();
+    let first = wait_row_count(&b, 25).await;
+    b.click_text("button", "Next page").await.unwrap();
+    b.wait_text("Page 2").await.unwrap();
+    let second = wait_row_count(&b, 2).await;
+    let mut all: Vec<String> = first.iter().chain(second.iter()).cloned().collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 27, "the two pages show every connection once");
+    assert!(!b.page_text().await.unwrap().contains("Next page"));
+    b.click_text("button", "Previous page").await.unwrap();
+    b.wait_text("Page 1").await.unwrap();
+    assert_eq!(wait_row_count(&b, 25).await, first);
+
+    // Sign out clears the admin token too.
     b.click_text("button", "Sign out").await.unwrap();
     b.wait_text("You are signed out.").await.unwrap();
     let stored = b
