@@ -11,8 +11,8 @@ use chrono::Duration;
 use serde_json::json;
 
 use latchkey_app::{
-    AppError, CallbackParams, CreateConnection, CreateOAuthClient, Latchkey, UpdateConnection,
-    INTERNAL_ERROR_MESSAGE, USED_BY_LIMIT,
+    AppError, CallbackParams, CreateConnection, CreateOAuthClient, Latchkey, ListFilter,
+    UpdateConnection, INTERNAL_ERROR_MESSAGE, USED_BY_LIMIT,
 };
 use latchkey_domain::{DomainError, Status};
 use latchkey_ports::EventPage;
@@ -63,7 +63,14 @@ async fn a_project_cannot_hold_more_connections_than_the_cap() {
     h.app.create_connection(&admin(), other).await.unwrap();
     let first = h
         .app
-        .list_connections(&admin(), Some(PROJECT), None, None, None, Some(1))
+        .list_connections(
+            &admin(),
+            ListFilter {
+                project_id: Some(PROJECT),
+                limit: Some(1),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap()
         .items
