@@ -303,6 +303,14 @@ impl Chromium {
     }
 
     pub async fn click(&self, e: &Element) -> Result<()> {
+        // Into the middle of the viewport first: chromedriver's own scrolling puts an
+        // element at the very edge, where a click on a long page was seen to focus the
+        // button without firing its click.
+        self.execute(
+            "arguments[0].scrollIntoView({ block: 'center', inline: 'nearest' });",
+            vec![Self::arg(e)],
+        )
+        .await?;
         self.cmd("POST", &format!("/element/{}/click", e.0), None)
             .await
             .map(|_| ())

@@ -288,6 +288,18 @@ async fn wait_rows(b: &Chromium, want: &[&str]) {
     }
 }
 
+/// How many events the details page's history shows.
+async fn timeline_len(b: &Chromium) -> u64 {
+    b.execute(
+        "return document.querySelectorAll('.timeline li').length;",
+        vec![],
+    )
+    .await
+    .unwrap()
+    .as_u64()
+    .unwrap()
+}
+
 /// Waits until the list shows `n` rows and returns their names (sorted).
 async fn wait_row_count(b: &Chromium, n: usize) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -850,6 +862,46 @@ async fn an_access_key_sees_its_project_works_by_keyboard_and_a_401_returns_to_s
     b.wait_text("Page 1").await.unwrap();
     assert_eq!(wait_row_count(&b, 25).await, first);
 
+    // The history pages: 1 creation + 21 replacements = 22 events, 20 to a page.
+    let key00 = env.id_of("proj-many", "Key 00").await;
+    for i in 0..21 {
+        let r = env
+            .http
+            .patch(env.url(&format!("/v1/connections/{key00}")))
+            .json(&json!({ "config": { "api_key": format!("k{i}") } }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    b.click_text("a", "Key 00").await.unwrap();
+    b.wait_with_text("h1", "Key 00").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while timeline_len(&b).await != 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the first history page never showed 20 events"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    b.click_text("button", "Show older events").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while timeline_len(&b).await != 22 {
+        assert!(
+            Instant::now() < deadline,
+            "the second history page never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let more = b.find_all("button").await.unwrap();
+    for e in more {
+        assert_ne!(
+            b.text(&e).await.unwrap(),
+            "Show older events",
+            "no third page"
+        );
+    }
+
     // Sign out clears the admin token too.
     b.click_text("button", "Sign out").await.unwrap();
     b.wait_text("You are signed out.").await.unwrap();
@@ -861,6 +913,9 @@ async fn an_access_key_sees_its_project_works_by_keyboard_and_a_401_returns_to_s
         .await
         .unwrap();
     assert_eq!(stored, json!(0));
+    // Signing out from a details page once threw (a function named `history` shadowed
+    // window.history): the console must hold no script error.
+    assert_no_secrets(&mut b, "signed out").await;
     b.quit().await.unwrap();
 }
 

@@ -45,7 +45,7 @@ document.getElementById('sign-out').addEventListener('click', () => {
   state.types = null;
   state.list = { status: '', type: '', q: '', cursors: [null] };
   state.signInNotice = 'You are signed out. The key was removed from this browser tab.';
-  if (location.hash && location.hash !== '#/') history.replaceState(null, '', '#/');
+  if (location.hash && location.hash !== '#/') window.history.replaceState(null, '', '#/');
   renderSignIn();
 });
 
@@ -613,7 +613,7 @@ async function renderDetails(id) {
     overview(c),
     c.oauth2 ? oauthFacts(c) : null,
     usedBy(c),
-    history(c),
+    historySection(c),
     canWrite() && !c.oauth2 ? replaceSecret(c, view) : null,
     canWrite() ? dangerZone(c) : null,
   ];
@@ -835,7 +835,7 @@ const EVENT_WORDS = {
   secret_replaced: 'Secret replaced',
 };
 
-function history(c) {
+function historySection(c) {
   const list = h('ol', { class: 'timeline' });
   const more = h('button', { type: 'button', class: 'button', hidden: true }, 'Show older events');
   const status = h('p', { class: 'muted' }, 'Loading…');
