@@ -41,11 +41,14 @@ fn the_document_covers_the_contract() {
         &doc["paths"]["/v1/connections"]["post"]["responses"]["201"]["links"]["getCredentials"];
     assert_eq!(link["operationId"], "getCredentials", "{link}");
     assert_eq!(link["parameters"]["id"], "$response.body#/data/id");
-    // Every route the server registers, with its methods.
+    // Every route the server registers, with its methods (the management page's static
+    // files under `/` and `/ui/` are not API).
     let expected: &[(&str, &[&str])] = &[
         ("/healthz", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
+        ("/v1/me", &["get"]),
+        ("/v1/connection-types", &["get"]),
         ("/v1/connections", &["get", "post"]),
         ("/v1/connections/{id}", &["delete", "get", "patch"]),
         ("/v1/connections/{id}/credentials", &["get"]),
