@@ -59,6 +59,11 @@ fn main() -> ExitCode {
             }
             // One line: the reason, with its causes.
             eprintln!("latchkey: {}", format!("{e:#}").replace('\n', " "));
+            // A refused start must leave the database byte for byte as found. Shutting
+            // the runtime down drops the database pool's tasks and so its connections,
+            // and SQLite checkpoints its WAL into the main file on the last close. The
+            // process exits right after, so nothing is lost by not shutting down.
+            std::mem::forget(runtime);
             ExitCode::FAILURE
         }
     }
