@@ -47,6 +47,9 @@ pub struct Config {
     pub log_json: bool,
     /// Run the background refresh and expiry jobs in this process.
     pub run_jobs: bool,
+    /// Background refreshes at once, in total and per provider host.
+    pub refresh_concurrency: usize,
+    pub refresh_concurrency_per_host: usize,
     /// Events and flow usages older than this are purged by the background job.
     pub event_retention: Duration,
     /// The most connections one project may hold.
@@ -190,6 +193,12 @@ impl Config {
             default_clients,
             log_json: get("LATCHKEY_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json")),
             run_jobs: parse_bool(&get, "LATCHKEY_RUN_JOBS", true)?,
+            refresh_concurrency: parse_count(&get, "LATCHKEY_REFRESH_CONCURRENCY", 16)?,
+            refresh_concurrency_per_host: parse_count(
+                &get,
+                "LATCHKEY_REFRESH_CONCURRENCY_PER_HOST",
+                4,
+            )?,
             event_retention: parse_duration_var(
                 &get,
                 "LATCHKEY_EVENT_RETENTION",
@@ -241,6 +250,24 @@ fn parse_bool(
             var,
             format!("expected true or false, got {other:?}"),
         )),
+    }
+}
+
+/// A count between 1 and 1024.
+fn parse_count(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    match get(var) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Ok(n),
+            _ => Err(invalid(
+                var,
+                format!("expected a whole number from 1 to 1024, got {v:?}"),
+            )),
+        },
     }
 }
 
@@ -390,6 +417,10 @@ mod tests {
         assert_eq!(c.refresh_interval, Duration::from_secs(60));
         assert_eq!(c.refresh_margin, Duration::from_secs(300));
         assert!(!c.allow_insecure_loopback);
+        assert_eq!(
+            (c.refresh_concurrency, c.refresh_concurrency_per_host),
+            (16, 4)
+        );
         assert_eq!(c.event_retention, Duration::from_secs(90 * 86_400));
         assert_eq!(c.max_connections_per_project, 10_000);
         assert!(!c.allow_insecure_key_file);
@@ -473,6 +504,8 @@ mod tests {
             ("LATCHKEY_UI_ORIGIN", "*"),
             ("LATCHKEY_ADMIN_TOKEN", "short"),
             ("LATCHKEY_ALLOW_INSECURE_LOOPBACK", "maybe"),
+            ("LATCHKEY_REFRESH_CONCURRENCY", "0"),
+            ("LATCHKEY_REFRESH_CONCURRENCY_PER_HOST", "many"),
             ("LATCHKEY_OAUTH_GOOGLE_CLIENT_SECRET", "s"),
             ("LATCHKEY_EVENT_RETENTION", "forever"),
             ("LATCHKEY_MAX_CONNECTIONS_PER_PROJECT", "0"),

@@ -105,6 +105,10 @@ impl Application {
         telemetry::install()?;
         let ring = Arc::new(ring);
         let app = Arc::new(wire(&config, &store, ring.clone())?);
+        let lease_std = app.settings().refresh.lease.to_std().unwrap_or_default();
+        let job_health = config
+            .run_jobs
+            .then(|| Arc::new(jobs::JobHealth::new(config.refresh_interval, lease_std)));
         let state = web::Data::new(http::AppState {
             app: app.clone(),
             store,
@@ -112,6 +116,7 @@ impl Application {
             ui_origin: config.ui_target_origin(),
             ring,
             gauges: telemetry::Gauges::default(),
+            jobs: job_health.clone(),
         });
         if config.admin_token.is_none() {
             tracing::warn!("LATCHKEY_ADMIN_TOKEN is not set: no admin key exists, so no access key can be created");
@@ -119,6 +124,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .wrap_fn(http::catch_panics)
                 .wrap_fn(|req, srv| {
                     // Logs the path only: query strings carry OAuth codes and states.
                     let method = req.method().clone();
@@ -145,9 +151,7 @@ impl Application {
         .listen(listener)?
         .shutdown_timeout(10)
         .run();
-        let jobs = config
-            .run_jobs
-            .then(|| jobs::spawn(app, config.refresh_interval));
+        let jobs = job_health.map(|health| jobs::spawn(app, config.refresh_interval, health));
         tracing::info!(%addr, public_url = %config.public_url, "latchkey listening");
         Ok(Self {
             port: addr.port(),
@@ -208,6 +212,8 @@ pub fn wire(config: &Config, store: &SeaStore, ring: Arc<KeyRing>) -> anyhow::Re
         worker_id: format!("{}-{}", hostname(), std::process::id()),
         max_connections_per_project: config.max_connections_per_project,
         event_retention: chrono::Duration::from_std(config.event_retention)?,
+        refresh_concurrency: config.refresh_concurrency,
+        refresh_concurrency_per_host: config.refresh_concurrency_per_host,
         ..Settings::default()
     };
     Ok(Latchkey::new(svc, settings))

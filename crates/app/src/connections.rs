@@ -442,7 +442,14 @@ impl Latchkey {
         id: ConnectionId,
     ) -> Result<(), AppError> {
         principal.require(Scope::ConnectionsWrite)?;
-        let c = self.visible_connection(principal, id).await?;
+        let mut c = self.visible_connection(principal, id).await?;
+        // A refresh in flight could rotate the refresh token after we revoked the old one
+        // and leave the new one alive at the provider: take the refresh lease first
+        // (waiting for a refresh in flight to end), then revoke what is stored by then.
+        let owner = self.new_lease_owner();
+        if self.take_lease_for_delete(&c, &owner).await? {
+            c = self.visible_connection(principal, id).await?;
+        }
         if c.grant.is_some() {
             if let Err(e) = self.revoke_grant(&c).await {
                 tracing::warn!(connection = %c.id, error = %e, "revoking the grant at the provider failed; deleting the stored tokens anyway");
@@ -453,6 +460,50 @@ impl Latchkey {
             Ok(())
         } else {
             Err(AppError::NotFound("connection"))
+        }
+    }
+
+    /// Holds the refresh lease of a connection that could be refreshed, so that no
+    /// refresh runs while it is deleted. Waits for a live lease of another worker for at
+    /// most a lease's length (its holder's provider call ends within it). `false` when
+    /// there is nothing to hold (no refresh possible) or the wait ran out.
+    async fn take_lease_for_delete(&self, c: &Connection, owner: &str) -> Result<bool, AppError> {
+        let refreshable = c.status == latchkey_domain::Status::Active
+            && c.grant.as_ref().is_some_and(|g| g.refresh_token.is_some());
+        if !refreshable {
+            return Ok(false);
+        }
+        // Every refresher, in this process or another, claims the store's lease: waiting
+        // for it is enough.
+        let wait = (self.settings.refresh.lease + chrono::Duration::seconds(5))
+            .to_std()
+            .unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let now = self.now();
+            let lease = latchkey_domain::Lease {
+                owner: owner.to_owned(),
+                until: now + self.settings.refresh.lease,
+            };
+            if self
+                .svc
+                .connections
+                .claim_refresh(c.id, &lease, now)
+                .await?
+                .is_some()
+            {
+                return Ok(true);
+            }
+            match self.svc.connections.get_connection(c.id).await? {
+                None => return Err(AppError::NotFound("connection")),
+                Some(now_c) if now_c.status != latchkey_domain::Status::Active => return Ok(false),
+                Some(_) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(connection = %c.id, "a refresh lease outlived the wait; deleting anyway");
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 

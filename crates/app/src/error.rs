@@ -25,6 +25,14 @@ pub enum AppError {
     /// The action does not fit the connection's type or status.
     #[error("{message}")]
     State { code: &'static str, message: String },
+    /// The access token lapsed and the provider has not let it be refreshed yet (network
+    /// errors, 5xx, 429): the grant lives on and recovers by itself. Retry after
+    /// `retry_after_secs`.
+    #[error("{message}")]
+    ProviderUnavailable {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// The provider failed or refused; the message is safe to show.
     #[error("{0}")]
     Provider(#[from] OAuthError),

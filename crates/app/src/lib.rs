@@ -34,7 +34,7 @@ pub use connections::{
 };
 pub use error::{AppError, CallbackError, INTERNAL_ERROR_MESSAGE};
 pub use oauth_flow::{CallbackOutcome, CallbackParams};
-pub use refresh::{CycleReport, RefreshOutcome};
+pub use refresh::{CycleReport, RefreshOutcome, RefreshTotals};
 
 /// The ports, as wired by the binary.
 #[derive(Clone)]
@@ -73,8 +73,11 @@ pub struct Settings {
     pub default_clients: HashMap<Provider, DefaultClient>,
     /// Names this process in refresh leases, for diagnostics.
     pub worker_id: String,
-    /// How many refreshes one cycle runs at once.
+    /// How many background refreshes run at once, in total.
     pub refresh_concurrency: usize,
+    /// How many background refreshes run at once against one provider host, so that a
+    /// host that hangs cannot take every slot.
+    pub refresh_concurrency_per_host: usize,
     /// How many due connections one cycle picks up.
     pub refresh_batch: u32,
     /// The most connections one project may hold (`limit_reached` beyond).
@@ -91,7 +94,8 @@ impl Default for Settings {
             refresh: RefreshPolicy::default(),
             default_clients: HashMap::new(),
             worker_id: "latchkey".into(),
-            refresh_concurrency: 8,
+            refresh_concurrency: 16,
+            refresh_concurrency_per_host: 4,
             refresh_batch: 500,
             max_connections_per_project: 10_000,
             event_retention: chrono::Duration::days(90),
@@ -108,13 +112,19 @@ pub struct Latchkey {
     /// one refresh. Across processes the store's lease does the same.
     refresh_locks: refresh::LockMap,
     discovery: oauth_flow::DiscoveryCache,
+    slots: refresh::RefreshSlots,
 }
 
 impl Latchkey {
     pub fn new(svc: Services, settings: Settings) -> Self {
+        let slots = refresh::RefreshSlots::new(
+            settings.refresh_concurrency,
+            settings.refresh_concurrency_per_host,
+        );
         Self {
             svc,
             settings,
+            slots,
             refresh_locks: Default::default(),
             discovery: Default::default(),
         }

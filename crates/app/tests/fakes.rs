@@ -103,9 +103,12 @@ async fn the_store_keeps_the_lease_and_version_contracts() {
         .await
         .unwrap()
         .unwrap();
-    assert!(!s.release_refresh(c.id, "w3", &sched, None).await.unwrap());
+    assert!(!s
+        .release_refresh(c.id, "w3", v + 1, &sched, None)
+        .await
+        .unwrap());
     assert!(s
-        .release_refresh(c.id, "w4", &sched, Some("e".into()))
+        .release_refresh(c.id, "w4", v + 1, &sched, Some("e".into()))
         .await
         .unwrap());
     let released = s.connection(c.id);

@@ -270,6 +270,35 @@ pub fn authorization_url(
     Ok(url)
 }
 
+/// The longest access-token lifetime Latchkey believes: 10 years. A provider's larger
+/// `expires_in` is clamped to it (dates beyond would overflow, and no real token lives
+/// that long).
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::seconds(10 * 365 * 24 * 3600);
+
+/// A provider's `expires_in`, in seconds as sent (a JSON number or a numeric string,
+/// already read as a number), as the lifetime Latchkey works with. Every value is
+/// handled explicitly, none panics:
+/// - above [`MAX_TOKEN_LIFETIME`] (or +infinity): clamped to it;
+/// - fractional: rounded down to whole seconds (never believe a token lives longer);
+/// - zero, negative or NaN: no usable lifetime, treated like an absent `expires_in`
+///   (the token is used until the provider's API rejects it, and not refreshed on a
+///   schedule). Refreshing "already expired" tokens on every request would hammer the
+///   provider for a value that is, in practice, a provider's way of saying "no expiry".
+pub fn token_lifetime(expires_in_seconds: f64) -> Option<Duration> {
+    if expires_in_seconds.is_nan() {
+        return None;
+    }
+    let whole = expires_in_seconds.floor();
+    if whole <= 0.0 {
+        return None;
+    }
+    if whole >= MAX_TOKEN_LIFETIME.num_seconds() as f64 {
+        return Some(MAX_TOKEN_LIFETIME);
+    }
+    // In range (0, 10 years): exact as an integer.
+    Some(Duration::seconds(whole as i64))
+}
+
 /// What a token endpoint answered, already parsed.
 #[derive(Debug, Clone)]
 pub struct TokenResponse {
@@ -284,8 +313,15 @@ pub struct TokenResponse {
 impl TokenResponse {
     /// The expiry of the access token, counted from when the request was *sent*, so that
     /// network latency never makes us believe a token lives longer than it does.
+    /// The lifetime is clamped here too (to `(0, MAX_TOKEN_LIFETIME]`, as
+    /// [`token_lifetime`] does), so that no `expires_in`, however it was built, can
+    /// overflow the date.
     pub fn expires_at(&self, sent_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.expires_in.map(|d| sent_at + d)
+        let lifetime = self.expires_in?;
+        if lifetime <= Duration::zero() {
+            return None;
+        }
+        sent_at.checked_add_signed(lifetime.min(MAX_TOKEN_LIFETIME))
     }
 }
 
@@ -442,5 +478,63 @@ mod tests {
             scopes: None,
         };
         assert_eq!(t.expires_at(sent), DateTime::from_timestamp(1_060, 0));
+    }
+
+    #[test]
+    fn provider_lifetimes_are_clamped_to_a_documented_range() {
+        let ten_years = 10 * 365 * 24 * 3600;
+        let table: [(f64, Option<i64>); 13] = [
+            (3600.0, Some(3600)),
+            (59.9, Some(59)),
+            (0.5, None),
+            (1.0, Some(1)),
+            (0.0, None),
+            (-1.0, None),
+            (-1e300, None),
+            (f64::NAN, None),
+            (10_000_000_000_000.0, Some(ten_years)),
+            (u64::MAX as f64, Some(ten_years)),
+            (f64::INFINITY, Some(ten_years)),
+            (ten_years as f64, Some(ten_years)),
+            ((ten_years - 1) as f64, Some(ten_years - 1)),
+        ];
+        for (raw, want) in table {
+            assert_eq!(token_lifetime(raw), want.map(Duration::seconds), "{raw}");
+        }
+    }
+
+    #[test]
+    fn expiry_never_overflows_whatever_the_lifetime() {
+        let sent = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let with = |d: Option<Duration>| TokenResponse {
+            access_token: SecretString::from("a"),
+            refresh_token: None,
+            token_type: "Bearer".into(),
+            expires_in: d,
+            scopes: None,
+        };
+        let table = [
+            (Some(Duration::MAX), Some(sent + MAX_TOKEN_LIFETIME)),
+            (
+                Some(Duration::seconds(10_000_000_000_000)),
+                Some(sent + MAX_TOKEN_LIFETIME),
+            ),
+            (Some(Duration::zero()), None),
+            (Some(Duration::seconds(-5)), None),
+            (Some(Duration::MIN), None),
+            (None, None),
+            (
+                Some(Duration::seconds(60)),
+                Some(sent + Duration::seconds(60)),
+            ),
+        ];
+        for (lifetime, want) in table {
+            assert_eq!(with(lifetime).expires_at(sent), want, "{lifetime:?}");
+        }
+        // The latest representable time cannot take even the clamped lifetime.
+        assert_eq!(
+            with(Some(Duration::seconds(60))).expires_at(DateTime::<Utc>::MAX_UTC),
+            None
+        );
     }
 }

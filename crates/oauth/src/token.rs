@@ -21,7 +21,7 @@ pub(crate) struct WireToken {
     #[serde(default)]
     token_type: WireTokenType,
     #[serde(default, deserialize_with = "lenient_seconds")]
-    expires_in: Option<u64>,
+    expires_in: Option<f64>,
     #[serde(default)]
     refresh_token: Option<RefreshToken>,
     #[serde(default, rename = "scope", deserialize_with = "scope_list")]
@@ -40,7 +40,9 @@ impl oauth2::TokenResponse for WireToken {
     }
 
     fn expires_in(&self) -> Option<std::time::Duration> {
-        self.expires_in.map(std::time::Duration::from_secs)
+        self.expires_in
+            .and_then(latchkey_domain::oauth::token_lifetime)
+            .and_then(|d| d.to_std().ok())
     }
 
     fn refresh_token(&self) -> Option<&RefreshToken> {
@@ -60,19 +62,11 @@ impl WireToken {
                 "the token response has an empty access_token".to_owned(),
             ));
         }
-        let expires_in = match self.expires_in {
-            None => None,
-            Some(s) => Some(
-                i64::try_from(s)
-                    .ok()
-                    .and_then(chrono::Duration::try_seconds)
-                    .ok_or_else(|| {
-                        OAuthError::Protocol(
-                            "the token response has an out-of-range expires_in".to_owned(),
-                        )
-                    })?,
-            ),
-        };
+        // Clamped to the domain's documented range: huge, zero, negative and fractional
+        // lifetimes all have a defined meaning there.
+        let expires_in = self
+            .expires_in
+            .and_then(latchkey_domain::oauth::token_lifetime);
         Ok(TokenResponse {
             access_token: SecretString::from(access_token),
             // An empty refresh token is no refresh token: saving it would lose the old one.
@@ -94,22 +88,27 @@ impl WireToken {
     }
 }
 
-/// `expires_in` as a number (integer or float) or a numeric string; `null` is absent.
-fn lenient_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+/// `expires_in` as a number (integer or float, any sign or size) or a numeric string;
+/// `null` is absent. What the number means (clamping, rounding, zero and negatives) is
+/// the domain's `token_lifetime`. Anything else (`"soon"`, `true`, an object) is refused.
+fn lenient_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     use serde::de::Error;
     let v = Option::<Value>::deserialize(d)?;
     let bad = || D::Error::custom("expires_in is not a number of seconds");
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
-            (Some(u), _) => Ok(Some(u)),
-            // Truncation is the conservative rounding for a lifetime.
-            (None, Some(f)) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => {
-                Ok(Some(f as u64))
+        Some(Value::Number(n)) => n.as_f64().map(Some).ok_or_else(bad),
+        Some(Value::String(s)) => {
+            let s = s.trim();
+            // Decimal digits only: Rust would also read "inf" and "NaN".
+            let numeric = !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | 'e' | 'E'));
+            if !numeric {
+                return Err(bad());
             }
-            _ => Err(bad()),
-        },
-        Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| bad()),
+            s.parse().map(Some).map_err(|_| bad())
+        }
         Some(_) => Err(bad()),
     }
 }
@@ -176,10 +175,38 @@ mod tests {
     }
 
     #[test]
+    fn provider_lifetimes_are_clamped_not_refused() {
+        let ten_years = Some(latchkey_domain::oauth::MAX_TOKEN_LIFETIME);
+        let table = [
+            (r#"10000000000000"#, ten_years),
+            (r#"18446744073709551615"#, ten_years),
+            (r#"1e400"#, None),
+            (r#""10000000000000""#, ten_years),
+            (r#"0"#, None),
+            (r#""0""#, None),
+            (r#"-1"#, None),
+            (r#""-30""#, None),
+            (r#"59.9"#, Some(chrono::Duration::seconds(59))),
+            (r#"" 3600 ""#, Some(chrono::Duration::seconds(3600))),
+            (r#""1.5e3""#, Some(chrono::Duration::seconds(1500))),
+        ];
+        for (raw, want) in table {
+            let body = format!(r#"{{"access_token":"a","expires_in":{raw}}}"#);
+            match serde_json::from_str::<WireToken>(&body) {
+                Ok(w) => assert_eq!(w.into_domain().unwrap().expires_in, want, "{raw}"),
+                // serde_json refuses a number literal out of f64 range itself.
+                Err(e) => assert_eq!(raw, "1e400", "{raw}: {e}"),
+            }
+        }
+    }
+
+    #[test]
     fn nonsense_is_refused() {
         for body in [
-            r#"{"access_token":"a","expires_in":-1}"#,
             r#"{"access_token":"a","expires_in":"soon"}"#,
+            r#"{"access_token":"a","expires_in":"inf"}"#,
+            r#"{"access_token":"a","expires_in":"NaN"}"#,
+            r#"{"access_token":"a","expires_in":true}"#,
             r#"{"access_token":"a","scope":5}"#,
             r#"{"access_token":5}"#,
         ] {
@@ -189,13 +216,6 @@ mod tests {
             .unwrap()
             .into_domain()
             .unwrap_err();
-        assert!(matches!(e, OAuthError::Protocol(_)));
-        let e = serde_json::from_str::<WireToken>(
-            r#"{"access_token":"a","expires_in":18446744073709551615}"#,
-        )
-        .unwrap()
-        .into_domain()
-        .unwrap_err();
         assert!(matches!(e, OAuthError::Protocol(_)));
     }
 }

@@ -159,7 +159,8 @@ pub trait ConnectionStore: Send + Sync {
     async fn purge_usages(&self, before: DateTime<Utc>, batch: u32) -> Result<u64, StoreError>;
 
     /// Active connections whose refresh is due at `now` and not leased by a live worker,
-    /// most overdue first. Served by an index on the due time.
+    /// earliest deadline first: by the access token's expiry, then by due time, then id.
+    /// Served by an index on the due time.
     async fn due_for_refresh(
         &self,
         now: DateTime<Utc>,
@@ -197,16 +198,22 @@ pub trait ConnectionStore: Send + Sync {
         updated_at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
-    /// Gives a lease back without new tokens (after a transient failure): sets the
-    /// schedule (next due time, failure count) and `last_error`, clears the lease, if
-    /// `owner` still holds it. Returns whether it did. Does not bump the version.
+    /// Gives a lease back without new tokens (after a failed attempt): sets the schedule
+    /// (next due time, failure count) and `last_error`, clears the lease, only if `owner`
+    /// still holds it AND the version is still `expected_version` (so a failed refresh
+    /// never writes its error and back-off over a newer authorization). Returns whether
+    /// it did. Does not bump the version.
     async fn release_refresh(
         &self,
         id: ConnectionId,
         owner: &str,
+        expected_version: i64,
         schedule: &RefreshSchedule,
         last_error: Option<String>,
     ) -> Result<bool, StoreError>;
+
+    /// Clears the lease if `owner` holds it, touching nothing else. Returns whether it did.
+    async fn drop_lease(&self, id: ConnectionId, owner: &str) -> Result<bool, StoreError>;
 }
 
 /// Pending consent flows, keyed by the hash of their `state`.

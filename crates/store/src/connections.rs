@@ -479,6 +479,10 @@ impl ConnectionStore for SeaStore {
             .filter(C::Status.eq(Status::Active.as_str()))
             .filter(C::RefreshDueAt.lte(now))
             .filter(lease_free(now))
+            // Deadline first: the token that lapses soonest. Every due row has an expiry
+            // (a due time is only set for expiring grants); NULLs sort last anyway.
+            .order_by_asc(Expr::cust("CASE WHEN expires_at IS NULL THEN 1 ELSE 0 END"))
+            .order_by_asc(C::ExpiresAt)
             .order_by_asc(C::RefreshDueAt)
             .order_by_asc(C::Id)
             .limit(u64::from(limit))
@@ -604,6 +608,7 @@ impl ConnectionStore for SeaStore {
         &self,
         id: ConnectionId,
         owner: &str,
+        expected_version: i64,
         schedule: &RefreshSchedule,
         last_error: Option<String>,
     ) -> Result<bool, StoreError> {
@@ -613,6 +618,23 @@ impl ConnectionStore for SeaStore {
             lease_owner: Set(None),
             lease_until: Set(None),
             last_error: Set(last_error),
+            ..Default::default()
+        };
+        let res = connections::Entity::update_many()
+            .set(row)
+            .filter(C::Id.eq(id.to_string()))
+            .filter(C::LeaseOwner.eq(owner))
+            .filter(C::Version.eq(expected_version))
+            .exec(&self.db)
+            .await
+            .map_err(backend)?;
+        Ok(res.rows_affected == 1)
+    }
+
+    async fn drop_lease(&self, id: ConnectionId, owner: &str) -> Result<bool, StoreError> {
+        let row = connections::ActiveModel {
+            lease_owner: Set(None),
+            lease_until: Set(None),
             ..Default::default()
         };
         let res = connections::Entity::update_many()

@@ -65,6 +65,9 @@ suite!(
     expired_lease_can_be_reclaimed,
     save_refreshed_grant_rules,
     release_refresh_rules,
+    due_for_refresh_puts_the_earliest_deadline_first,
+    release_refresh_never_writes_over_a_newer_version,
+    drop_lease_clears_only_its_own_lease,
     update_leaves_the_lease_alone,
     auth_session_take_is_single_use,
     concurrent_auth_session_takers,
@@ -1302,7 +1305,7 @@ mod cases {
         };
         // Nobody holds it: nothing to release.
         assert!(!store
-            .release_refresh(c.id, "w1", &schedule, Some("x".into()))
+            .release_refresh(c.id, "w1", c.version, &schedule, Some("x".into()))
             .await
             .unwrap());
         store
@@ -1311,13 +1314,14 @@ mod cases {
             .unwrap()
             .unwrap();
         assert!(!store
-            .release_refresh(c.id, "w2", &schedule, Some("x".into()))
+            .release_refresh(c.id, "w2", c.version, &schedule, Some("x".into()))
             .await
             .unwrap());
         assert!(store
             .release_refresh(
                 c.id,
                 "w1",
+                c.version,
                 &schedule,
                 Some("timeout talking to provider".into())
             )
@@ -1338,16 +1342,112 @@ mod cases {
             .is_some());
         // Releasing with no error clears last_error.
         assert!(store
-            .release_refresh(c.id, "w2", &RefreshSchedule::default(), None)
+            .release_refresh(c.id, "w2", c.version, &RefreshSchedule::default(), None)
             .await
             .unwrap());
         let got = store.get_connection(c.id).await.unwrap().unwrap();
         assert_eq!(got.last_error, None);
         assert_eq!(got.refresh, RefreshSchedule::default());
         assert!(!store
-            .release_refresh(new_id(), "w2", &schedule, None)
+            .release_refresh(new_id(), "w2", 1, &schedule, None)
             .await
             .unwrap());
+    }
+
+    pub async fn due_for_refresh_puts_the_earliest_deadline_first(db: &TestDb) {
+        let store = db.store().await;
+        let now = t(1000);
+        // Due long ago but its token lives on: after the one that lapses soonest.
+        let long_lived = oauth("p1", "long-lived", Some(10), Some(5000));
+        let lapses_first = oauth("p2", "lapses-first", Some(990), Some(1004));
+        let lapses_next = oauth("p1", "lapses-next", Some(500), Some(1010));
+        // Same deadline: the earlier due time first.
+        let tie_late = oauth("p1", "tie-late", Some(800), Some(1010));
+        for c in [&long_lived, &lapses_first, &lapses_next, &tie_late] {
+            store.insert_connection(c, &created(c)).await.unwrap();
+        }
+        assert_eq!(
+            store.due_for_refresh(now, 100).await.unwrap(),
+            vec![lapses_first.id, lapses_next.id, tie_late.id, long_lived.id]
+        );
+        assert_eq!(
+            store.due_for_refresh(now, 1).await.unwrap(),
+            vec![lapses_first.id]
+        );
+    }
+
+    pub async fn release_refresh_never_writes_over_a_newer_version(db: &TestDb) {
+        let store = db.store().await;
+        let c = oauth("p1", "reconnected", Some(10), Some(2000));
+        store.insert_connection(&c, &created(&c)).await.unwrap();
+        store
+            .claim_refresh(c.id, &lease("w1", t(130)), t(100))
+            .await
+            .unwrap()
+            .unwrap();
+        // A reconnect writes a new grant meanwhile (the lease columns are left alone).
+        let mut newer = c.clone();
+        newer.grant = Some(grant(t(110), Some(t(3700))));
+        newer.refresh = RefreshSchedule {
+            due_at: Some(t(3400)),
+            failures: 0,
+            lease: None,
+        };
+        newer.last_error = None;
+        newer.version = c.version + 1;
+        store
+            .update_connection(&newer, c.version, &[])
+            .await
+            .unwrap();
+        let failed = RefreshSchedule {
+            due_at: Some(t(160)),
+            failures: 5,
+            lease: None,
+        };
+        assert!(!store
+            .release_refresh(c.id, "w1", c.version, &failed, Some("timeout".into()))
+            .await
+            .unwrap());
+        let got = store.get_connection(c.id).await.unwrap().unwrap();
+        assert_eq!(got.refresh.due_at, Some(t(3400)));
+        assert_eq!(got.refresh.failures, 0);
+        assert_eq!(got.last_error, None);
+        assert_eq!(got.refresh.lease, Some(lease("w1", t(130))), "still held");
+        // At the current version the same release applies.
+        assert!(store
+            .release_refresh(c.id, "w1", newer.version, &failed, Some("timeout".into()))
+            .await
+            .unwrap());
+        let got = store.get_connection(c.id).await.unwrap().unwrap();
+        assert_eq!((got.refresh.failures, got.refresh.lease), (5, None));
+    }
+
+    pub async fn drop_lease_clears_only_its_own_lease(db: &TestDb) {
+        let store = db.store().await;
+        let mut c = oauth("p1", "held", Some(10), Some(2000));
+        c.refresh.failures = 2;
+        c.last_error = Some("earlier".into());
+        store.insert_connection(&c, &created(&c)).await.unwrap();
+        assert!(!store.drop_lease(c.id, "w1").await.unwrap());
+        store
+            .claim_refresh(c.id, &lease("w1", t(130)), t(100))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!store.drop_lease(c.id, "w2").await.unwrap());
+        assert_eq!(
+            store
+                .get_connection(c.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .refresh
+                .lease,
+            Some(lease("w1", t(130)))
+        );
+        assert!(store.drop_lease(c.id, "w1").await.unwrap());
+        assert_eq!(store.get_connection(c.id).await.unwrap().unwrap(), c);
+        assert!(!store.drop_lease(new_id(), "w1").await.unwrap());
     }
 
     pub async fn auth_session_take_is_single_use(db: &TestDb) {

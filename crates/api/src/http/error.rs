@@ -16,6 +16,8 @@ pub struct ApiError {
     /// The request field the error is about (`name`, `config.api_key`, ...), so that a
     /// form can show the message next to that field.
     pub field: Option<String>,
+    /// Seconds for a `Retry-After` header (503 `provider_unavailable`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -25,6 +27,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -72,6 +75,9 @@ impl ResponseError for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
+        if let Some(secs) = self.retry_after {
+            res.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
         res.insert_header((header::CACHE_CONTROL, "no-store"));
         let mut error = json!({ "code": self.code, "message": self.message });
         if let Some(field) = &self.field {
@@ -115,6 +121,13 @@ impl From<AppError> for ApiError {
             AppError::LimitReached(m) => ApiError::new(S::CONFLICT, "limit_reached", m),
             AppError::State { code, message } => ApiError::new(S::CONFLICT, code, message),
             AppError::Provider(p) => ApiError::new(S::BAD_GATEWAY, "provider_error", p.to_string()),
+            AppError::ProviderUnavailable {
+                message,
+                retry_after_secs,
+            } => ApiError {
+                retry_after: Some(retry_after_secs.max(1)),
+                ..ApiError::new(S::SERVICE_UNAVAILABLE, "provider_unavailable", message)
+            },
             AppError::Internal(m) => {
                 // Details go to the log only; the caller gets a stable, bland answer.
                 tracing::error!(error = %m, "internal error");

@@ -39,6 +39,8 @@ pub struct AppState {
     /// The key ring, for the per-key gauge.
     pub ring: Arc<latchkey_cipher::KeyRing>,
     pub gauges: crate::telemetry::Gauges,
+    /// The background job's pulse, when this process runs the jobs.
+    pub jobs: Option<Arc<crate::jobs::JobHealth>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -121,16 +123,92 @@ fn connection_id(raw: &str) -> Result<ConnectionId> {
     operation_id = "healthz",
     responses(
         (status = 200, description = "Serving.", body = schema::Health),
-        (status = 503, description = "The database is unreachable. Codes: unavailable.", body = schema::ErrorBody)
+        (status = 503, description = "The database is unreachable, or (in a process that runs the jobs) the background job has not finished a cycle for three intervals plus a lease. Codes: unavailable, jobs_stalled.", body = schema::ErrorBody)
     )
 )]
 async fn healthz(state: web::Data<AppState>) -> HttpResponse {
-    match state.store.ping().await {
-        Ok(()) => HttpResponse::Ok().json(json!({ "status": "ok" })),
-        Err(e) => {
-            tracing::warn!(error = %e, "health check: database unreachable");
-            HttpResponse::ServiceUnavailable().json(json!({ "error": { "code": "unavailable", "message": "the database is unreachable" } }))
+    let db = state.store.ping().await;
+    if let Err(e) = &db {
+        tracing::warn!(error = %e, "health check: database unreachable");
+    }
+    health_answer(
+        db.is_ok(),
+        state.jobs.as_deref().and_then(|j| j.stalled_for()),
+    )
+}
+
+/// `/healthz`: 200 when the database answers and (in a process that runs the jobs) the
+/// job loop finished a cycle recently; 503 with a stable code otherwise.
+fn health_answer(db_ok: bool, jobs_stalled_for: Option<std::time::Duration>) -> HttpResponse {
+    let unavailable = |code: &'static str, message: String| {
+        HttpResponse::ServiceUnavailable()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(json!({ "error": { "code": code, "message": message } }))
+    };
+    if !db_ok {
+        return unavailable("unavailable", "the database is unreachable".into());
+    }
+    if let Some(since) = jobs_stalled_for {
+        tracing::error!(
+            seconds = since.as_secs(),
+            "health check: the background job has not finished a cycle"
+        );
+        return unavailable(
+            "jobs_stalled",
+            format!(
+                "the background refresh job has not finished a cycle for {} s",
+                since.as_secs()
+            ),
+        );
+    }
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// Middleware (for `wrap_fn`): a handler that panics answers 500 with the JSON error,
+/// instead of the connection being dropped. The panic is logged; its text is not shown.
+pub fn catch_panics<S, B>(
+    req: actix_web::dev::ServiceRequest,
+    srv: &S,
+) -> futures::future::LocalBoxFuture<
+    'static,
+    std::result::Result<actix_web::dev::ServiceResponse, actix_web::Error>,
+>
+where
+    S: actix_web::dev::Service<
+        actix_web::dev::ServiceRequest,
+        Response = actix_web::dev::ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+    S::Future: 'static,
+    B: actix_web::body::MessageBody + 'static,
+{
+    use futures::FutureExt;
+    // No clone of the request is kept: routing needs it unshared. An `Err` is answered
+    // by actix with the error's own response.
+    let path = req.path().to_owned();
+    let answer_500 = move |panic: Box<dyn std::any::Any + Send>| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(%path, panic = %message, "request handler panicked");
+        Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "internal error; see the server log",
+        )
+        .into())
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| srv.call(req))) {
+        Ok(fut) => async move {
+            match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+                Ok(res) => res.map(|r| r.map_into_boxed_body()),
+                Err(panic) => answer_500(panic),
+            }
         }
+        .boxed_local(),
+        Err(panic) => futures::future::ready(answer_500(panic)).boxed_local(),
     }
 }
 
@@ -1031,5 +1109,68 @@ mod tests {
         let none: UpdateBody = serde_json::from_value(json!({"name": "x"})).unwrap();
         assert!(none.config.0.is_none());
         assert!(format!("{none:?}").contains("config: None"));
+    }
+}
+
+#[cfg(test)]
+mod panic_and_health_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use actix_web::dev::Service;
+    use actix_web::{test, App};
+
+    async fn panics() -> HttpResponse {
+        panic!("a handler bug")
+    }
+
+    async fn fine() -> HttpResponse {
+        HttpResponse::Ok().body("fine")
+    }
+
+    #[actix_web::test]
+    async fn a_panicking_handler_answers_500_json_and_the_server_goes_on() {
+        let app = test::init_service(
+            App::new()
+                .wrap_fn(catch_panics)
+                .route("/boom", web::get().to(panics))
+                .route("/fine", web::get().to(fine)),
+        )
+        .await;
+        let err = app
+            .call(test::TestRequest::get().uri("/boom").to_request())
+            .await
+            .err()
+            .unwrap();
+        // What actix answers for the error.
+        let res = err.error_response();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = actix_web::body::to_bytes(res.into_body()).await.unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "internal_error");
+        assert!(!body.to_string().contains("handler bug"), "{body}");
+        let res = app
+            .call(test::TestRequest::get().uri("/fine").to_request())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+
+    #[actix_web::test]
+    async fn health_is_503_with_a_stable_code_when_the_jobs_stall() {
+        let ok = health_answer(true, None);
+        assert_eq!(ok.status(), StatusCode::OK);
+        let stalled = health_answer(true, Some(std::time::Duration::from_secs(200)));
+        assert_eq!(stalled.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = actix_web::body::to_bytes(stalled.into_body())
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "jobs_stalled", "{body}");
+        let db_down = health_answer(false, None);
+        let body = actix_web::body::to_bytes(db_down.into_body())
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "unavailable", "{body}");
     }
 }

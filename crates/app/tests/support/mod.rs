@@ -393,11 +393,19 @@ impl ConnectionStore for FakeStore {
     ) -> Result<Vec<ConnectionId>, StoreError> {
         self.enter("due_for_refresh")?;
         let t = self.t.lock().unwrap();
-        let mut due: Vec<(DateTime<Utc>, ConnectionId)> = t
+        // Earliest deadline (token expiry) first, then due time; no expiry sorts last.
+        type Key = (bool, Option<DateTime<Utc>>, DateTime<Utc>, ConnectionId);
+        let mut due: Vec<(Key, ConnectionId)> = t
             .connections
             .values()
             .filter(|c| c.status == Status::Active && !lease_is_live(c, now))
-            .filter_map(|c| c.refresh.due_at.filter(|d| *d <= now).map(|d| (d, c.id)))
+            .filter_map(|c| {
+                let expires = c.grant.as_ref().and_then(|g| g.expires_at);
+                c.refresh
+                    .due_at
+                    .filter(|d| *d <= now)
+                    .map(|d| ((expires.is_none(), expires, d, c.id), c.id))
+            })
             .collect();
         due.sort();
         Ok(due
@@ -481,6 +489,7 @@ impl ConnectionStore for FakeStore {
         &self,
         id: ConnectionId,
         owner: &str,
+        expected_version: i64,
         schedule: &RefreshSchedule,
         last_error: Option<String>,
     ) -> Result<bool, StoreError> {
@@ -489,7 +498,9 @@ impl ConnectionStore for FakeStore {
         let Some(c) = t.connections.get_mut(&id) else {
             return Ok(false);
         };
-        if c.refresh.lease.as_ref().is_none_or(|l| l.owner != owner) {
+        if c.refresh.lease.as_ref().is_none_or(|l| l.owner != owner)
+            || c.version != expected_version
+        {
             return Ok(false);
         }
         c.refresh = RefreshSchedule {
@@ -497,6 +508,19 @@ impl ConnectionStore for FakeStore {
             ..schedule.clone()
         };
         c.last_error = last_error;
+        Ok(true)
+    }
+
+    async fn drop_lease(&self, id: ConnectionId, owner: &str) -> Result<bool, StoreError> {
+        self.enter("drop_lease")?;
+        let mut t = self.t.lock().unwrap();
+        let Some(c) = t.connections.get_mut(&id) else {
+            return Ok(false);
+        };
+        if c.refresh.lease.as_ref().is_none_or(|l| l.owner != owner) {
+            return Ok(false);
+        }
+        c.refresh.lease = None;
         Ok(true)
     }
 }
@@ -766,7 +790,7 @@ pub struct Gate {
     pub release: tokio::sync::Notify,
 }
 
-type Hook = Box<dyn Fn(&RefreshExchange) + Send + Sync>;
+type Hook = Arc<dyn Fn(&RefreshExchange) + Send + Sync>;
 
 /// A provider scripted per call, with counters, an optional delay and hooks, for tests
 /// with many or interleaved calls where mockall expectations get in the way.
@@ -785,6 +809,12 @@ pub struct FakeProvider {
     refresh_hook: Mutex<Option<Hook>>,
     /// What userinfo answers; `None`: `{"email": "ada@example.com"}`.
     pub userinfo_answer: Mutex<Option<Value>>,
+    /// The tokens revoked, in order.
+    pub revoked_tokens: Mutex<Vec<String>>,
+    /// What discovery answers (any issuer), and a gate to hold it in flight.
+    pub discovery: Mutex<Option<DiscoveredMetadata>>,
+    pub discover_calls: AtomicUsize,
+    discover_gate: Mutex<Option<Arc<Gate>>>,
 }
 
 impl std::fmt::Debug for FakeProvider {
@@ -816,7 +846,12 @@ impl FakeProvider {
     }
     /// Runs inside the refresh call, after the request arrived and before the answer.
     pub fn on_refresh(&self, hook: impl Fn(&RefreshExchange) + Send + Sync + 'static) {
-        *self.refresh_hook.lock().unwrap() = Some(Box::new(hook));
+        *self.refresh_hook.lock().unwrap() = Some(Arc::new(hook));
+    }
+    pub fn gate_discovery(&self) -> Arc<Gate> {
+        let g = Arc::new(Gate::default());
+        *self.discover_gate.lock().unwrap() = Some(g.clone());
+        g
     }
     pub fn refreshes(&self) -> usize {
         self.refresh_calls.load(Ordering::SeqCst)
@@ -855,7 +890,9 @@ impl ProviderClient for FakeProvider {
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
         }
-        if let Some(hook) = self.refresh_hook.lock().unwrap().as_ref() {
+        // Called outside the lock: a hook may panic (and must not poison it).
+        let hook = self.refresh_hook.lock().unwrap().clone();
+        if let Some(hook) = hook {
             hook(&request);
         }
         let by_token = self
@@ -867,7 +904,11 @@ impl ProviderClient for FakeProvider {
         scripted.unwrap_or_else(|| Ok(tokens(&format!("at-refreshed-{n}"), None, Some(3600))))
     }
 
-    async fn revoke(&self, _request: Revocation) -> Result<(), OAuthError> {
+    async fn revoke(&self, request: Revocation) -> Result<(), OAuthError> {
+        self.revoked_tokens
+            .lock()
+            .unwrap()
+            .push(request.token.expose_secret().to_owned());
         Ok(())
     }
 
@@ -885,7 +926,14 @@ impl ProviderClient for FakeProvider {
     }
 
     async fn discover(&self, issuer: String) -> Result<DiscoveredMetadata, OAuthError> {
-        Err(OAuthError::Protocol(format!("no discovery for {issuer}")))
+        self.discover_calls.fetch_add(1, Ordering::SeqCst);
+        let gate = self.discover_gate.lock().unwrap().clone();
+        if let Some(g) = gate {
+            g.entered.notify_one();
+            g.release.notified().await;
+        }
+        let meta = self.discovery.lock().unwrap().clone();
+        meta.ok_or_else(|| OAuthError::Protocol(format!("no discovery for {issuer}")))
     }
 }
 
