@@ -600,8 +600,9 @@ struct CredentialsQuery {
         (status = 401, description = "No, an unknown or a revoked bearer token. Codes: unauthorized.", body = schema::ErrorBody),
         (status = 403, description = "The key lacks the scope, or the operation is admin-only. Codes: forbidden.", body = schema::ErrorBody),
         (status = 404, description = "No such connection (or not visible to this key). Codes: not_found.", body = schema::ErrorBody),
-        (status = 409, description = "The connection cannot hand out credentials now. Codes: connection_incomplete, connection_expired, token_unavailable.", body = schema::ErrorBody),
-        (status = 502, description = "A due refresh failed at the provider. Codes: provider_error.", body = schema::ErrorBody)
+        (status = 409, description = "The connection cannot hand out credentials now. Codes: connection_incomplete, connection_expired.", body = schema::ErrorBody),
+        (status = 502, description = "A due refresh failed at the provider. Codes: provider_error.", body = schema::ErrorBody),
+        (status = 503, description = "The access token has lapsed and the provider keeps failing (network, 5xx, 429); retry after the `Retry-After` seconds. The grant is kept. Codes: provider_unavailable.", body = schema::ErrorBody)
     ),
     security(("bearer" = []))
 )]
