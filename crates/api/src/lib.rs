@@ -8,6 +8,7 @@ pub mod adapters;
 pub mod cli;
 pub mod config;
 pub mod files;
+pub mod hot_path;
 pub mod http;
 mod jobs;
 pub mod keys;
@@ -22,7 +23,7 @@ use actix_web::dev::{Server, Service};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 
-use latchkey_app::{Latchkey, Services, Settings};
+use latchkey_app::{CachedStore, Latchkey, Services, Settings, DEFAULT_CACHE_CAPACITY};
 use latchkey_cipher::KeyRing;
 use latchkey_domain::{RefreshPolicy, UrlPolicy};
 use latchkey_oauth::{HttpProviderClient, OutboundPolicy};
@@ -35,6 +36,7 @@ pub struct Application {
     port: u16,
     server: Server,
     jobs: Option<tokio::task::JoinHandle<()>>,
+    hot_path: hot_path::HotPath,
 }
 
 impl std::fmt::Debug for Application {
@@ -104,7 +106,9 @@ impl Application {
         }
         telemetry::install()?;
         let ring = Arc::new(ring);
-        let app = Arc::new(wire(&config, &store, ring.clone())?);
+        let (app, cache) = wire_with_cache(&config, &store, ring.clone())?;
+        let app = Arc::new(app);
+        let hot_path = hot_path::HotPath::start(app.clone(), cache, store.change_feed());
         let lease_std = app.settings().refresh.lease.to_std().unwrap_or_default();
         let job_health = config
             .run_jobs
@@ -157,6 +161,7 @@ impl Application {
             port: addr.port(),
             server,
             jobs,
+            hot_path,
         })
     }
 
@@ -170,12 +175,24 @@ impl Application {
         if let Some(j) = self.jobs {
             j.abort();
         }
+        self.hot_path.shutdown().await;
         r
     }
 }
 
 /// Wires the adapters into the use cases (the server and the CLI's commands).
 pub fn wire(config: &Config, store: &SeaStore, ring: Arc<KeyRing>) -> anyhow::Result<Latchkey> {
+    // Without a change feed followed the cache never serves: every read is the store's.
+    Ok(wire_with_cache(config, store, ring)?.0)
+}
+
+/// [`wire`], with connections and access keys read through the in-process cache that the
+/// server keeps true by following the store's change feed.
+pub fn wire_with_cache(
+    config: &Config,
+    store: &SeaStore,
+    ring: Arc<KeyRing>,
+) -> anyhow::Result<(Latchkey, Arc<CachedStore>)> {
     let provider = HttpProviderClient::new(OutboundPolicy {
         allow_insecure_loopback: config.allow_insecure_loopback,
         timeout: config.http_timeout,
@@ -183,11 +200,16 @@ pub fn wire(config: &Config, store: &SeaStore, ring: Arc<KeyRing>) -> anyhow::Re
     })
     .context("building the HTTP client for OAuth providers")?;
     let store_arc = Arc::new(store.clone());
+    let cache = Arc::new(CachedStore::new(
+        store_arc.clone(),
+        store_arc.clone(),
+        DEFAULT_CACHE_CAPACITY,
+    ));
     let svc = Services {
-        connections: store_arc.clone(),
+        connections: cache.clone(),
         sessions: store_arc.clone(),
-        clients: store_arc.clone(),
-        keys: store_arc,
+        clients: store_arc,
+        keys: cache.clone(),
         cipher: ring.clone(),
         provider: Arc::new(provider),
         clock: Arc::new(adapters::SystemClock),
@@ -216,7 +238,7 @@ pub fn wire(config: &Config, store: &SeaStore, ring: Arc<KeyRing>) -> anyhow::Re
         refresh_concurrency_per_host: config.refresh_concurrency_per_host,
         ..Settings::default()
     };
-    Ok(Latchkey::new(svc, settings))
+    Ok((Latchkey::new(svc, settings), cache))
 }
 
 /// Connects to the database and migrates it.

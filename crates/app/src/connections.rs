@@ -292,14 +292,18 @@ impl Latchkey {
         id: ConnectionId,
     ) -> Result<ConnectionDetails, AppError> {
         principal.require(Scope::ConnectionsRead)?;
-        let connection = self.visible_connection(principal, id).await?;
-        let used_by = self.svc.connections.list_usages(id, USED_BY_LIMIT).await?;
+        let mut connection = self.visible_connection(principal, id).await?;
+        let mut used_by = self.svc.connections.list_usages(id, USED_BY_LIMIT).await?;
         // Counted only when the list may be cut short: below the limit it is complete.
-        let used_by_total = if used_by.len() < USED_BY_LIMIT as usize {
+        let mut used_by_total = if used_by.len() < USED_BY_LIMIT as usize {
             used_by.len() as u64
         } else {
             self.svc.connections.count_usages(id).await?
         };
+        // Use not yet flushed: flows new to the list add to the total (a flow beyond the
+        // listed ones may be counted twice until the flush).
+        used_by_total += self.usage.overlay(&mut connection, &mut used_by) as u64;
+        used_by.truncate(USED_BY_LIMIT as usize);
         Ok(ConnectionDetails {
             connection,
             used_by,
@@ -455,6 +459,7 @@ impl Latchkey {
                 tracing::warn!(connection = %c.id, error = %e, "revoking the grant at the provider failed; deleting the stored tokens anyway");
             }
         }
+        self.usage.forget(id);
         if self.svc.connections.delete_connection(id).await? {
             tracing::info!(connection = %id, "connection deleted");
             Ok(())
@@ -553,7 +558,8 @@ impl Latchkey {
     }
 
     /// The usable secret for a workflow execution. OAuth tokens inside the refresh
-    /// margin are refreshed first. Records the use (and the flow, when named).
+    /// margin are refreshed first. Records the use (and the flow, when named) in memory,
+    /// for the next [`Latchkey::flush_usage`].
     pub async fn fetch_credentials(
         &self,
         principal: &Principal,
@@ -600,10 +606,8 @@ impl Latchkey {
                 }
             }
         };
-        self.svc
-            .connections
-            .record_usage(id, flow, self.now())
-            .await?;
+        // In memory only: no write on the fetch path (see usage.rs).
+        self.usage.record(id, flow, self.now());
         Ok(creds)
     }
 }

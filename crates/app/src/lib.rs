@@ -5,6 +5,7 @@
 //! access keys. No adapter is known here: everything comes in through [`Services`].
 
 mod access;
+mod cache;
 mod clients;
 mod connections;
 mod error;
@@ -13,6 +14,7 @@ mod oauth_flow;
 mod refresh;
 mod seal;
 mod telemetry;
+mod usage;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use latchkey_ports::{
 };
 
 pub use access::{constant_time_eq, IssuedKey, Principal};
+pub use cache::{CachedStore, DEFAULT_CACHE_CAPACITY};
 pub use clients::CreateOAuthClient;
 pub use connections::{
     ConnectionDetails, CreateConnection, Credentials, ListFilter, ListPage, UpdateConnection,
@@ -113,6 +116,8 @@ pub struct Latchkey {
     refresh_locks: refresh::LockMap,
     discovery: oauth_flow::DiscoveryCache,
     slots: refresh::RefreshSlots,
+    /// Usage gathered on the credentials path, written by `flush_usage`.
+    usage: usage::UsageBuffer,
 }
 
 impl Latchkey {
@@ -127,6 +132,7 @@ impl Latchkey {
             slots,
             refresh_locks: Default::default(),
             discovery: Default::default(),
+            usage: Default::default(),
         }
     }
 

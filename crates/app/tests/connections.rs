@@ -285,7 +285,7 @@ async fn a_key_sees_another_projects_connections_as_not_found() {
 
     // Nothing changed and nothing was handed out.
     assert_eq!(h.store.connection(theirs.id), theirs);
-    assert_eq!(h.store.calls("record_usage"), 0);
+    assert_eq!(h.app.flush_usage().await.unwrap(), 0, "no use to record");
     // Listing another project's connections is empty rather than an error.
     let page = h
         .app
@@ -655,13 +655,31 @@ async fn credentials_record_the_usage_and_the_flow() {
     h.clock.advance(chrono::Duration::minutes(1));
     h.app.fetch_credentials(&admin(), c.id, None).await.unwrap();
 
+    // Nothing is written on the fetch path; this process sees the use at once.
+    assert_eq!(h.store.calls("record_usage"), 0);
+    assert_eq!(h.store.calls("record_usages"), 0);
+    assert_eq!(h.store.connection(c.id).last_used_at, None);
+    assert!(h.store.usages(c.id).is_empty());
     let details = h.app.get_connection(&admin(), c.id).await.unwrap();
-    assert_eq!(details.used_by.len(), 1);
-    let u = &details.used_by[0];
-    assert_eq!(u.flow_id.as_str(), "flow-1");
-    assert_eq!(u.count, 2);
-    assert_eq!(u.first_used_at, t0());
-    assert_eq!(u.last_used_at, t0() + chrono::Duration::minutes(1));
+    assert_eq!(
+        details.connection.last_used_at,
+        Some(t0() + chrono::Duration::minutes(2))
+    );
+    let check = |used_by: &[latchkey_domain::Usage]| {
+        assert_eq!(used_by.len(), 1);
+        let u = &used_by[0];
+        assert_eq!(u.flow_id.as_str(), "flow-1");
+        assert_eq!(u.count, 2);
+        assert_eq!(u.first_used_at, t0());
+        assert_eq!(u.last_used_at, t0() + chrono::Duration::minutes(1));
+    };
+    check(&details.used_by);
+
+    // One flush writes it all in one call, and the view stays the same (not doubled).
+    assert_eq!(h.app.flush_usage().await.unwrap(), 1);
+    assert_eq!(h.store.calls("record_usages"), 1);
+    check(&h.store.usages(c.id));
+    check(&h.app.get_connection(&admin(), c.id).await.unwrap().used_by);
     let stored = h.store.connection(c.id);
     assert_eq!(
         stored.last_used_at,
@@ -699,7 +717,7 @@ async fn credentials_of_an_incomplete_oauth_connection_are_refused() {
         ),
         "{err:?}"
     );
-    assert_eq!(h.store.calls("record_usage"), 0);
+    assert_eq!(h.app.flush_usage().await.unwrap(), 0, "no use to record");
 }
 
 #[tokio::test]
@@ -730,7 +748,7 @@ async fn credentials_of_an_expired_oauth_connection_are_refused() {
         other => panic!("{other:?}"),
     }
     assert_eq!(provider.refreshes(), 0);
-    assert_eq!(h.store.calls("record_usage"), 0);
+    assert_eq!(h.app.flush_usage().await.unwrap(), 0, "no use to record");
 }
 
 #[tokio::test]

@@ -135,6 +135,17 @@ pub trait ConnectionStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
+    /// Writes usage gathered in memory since the last flush, in one transaction: moves
+    /// each connection's `last_used_at` forward to the given time (never back), and
+    /// upserts each (connection, flow) row, adding `count` and widening
+    /// `first_used_at`/`last_used_at`. Entries of connections that no longer exist are
+    /// dropped. Does not bump any version.
+    async fn record_usages(
+        &self,
+        last_used: &[(ConnectionId, DateTime<Utc>)],
+        flows: &[Usage],
+    ) -> Result<(), StoreError>;
+
     /// The `limit` most recently used flows, most recent use first (ties by flow id).
     async fn list_usages(&self, id: ConnectionId, limit: u32) -> Result<Vec<Usage>, StoreError>;
 
@@ -336,6 +347,27 @@ pub trait SealedValueStore: Send + Sync {
         values: &[(String, Sealed)],
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+}
+
+/// A change the store saw committed, by this process or another one sharing the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Connection(ConnectionId),
+    AccessKey(AccessKeyId),
+    /// The feed is listening (again) and may have missed changes: forget everything read
+    /// before.
+    Resync,
+}
+
+/// Tells the in-process caches what changed in the database. PostgreSQL implements it
+/// with LISTEN/NOTIFY; SQLite by watching the file's commit counter.
+#[cfg_attr(feature = "mocks", automock)]
+#[async_trait]
+pub trait ChangeFeed: Send + Sync {
+    /// Waits for the next change. The first successful call (and the first after an
+    /// error) returns `Resync` once the feed is listening. `Err` means the feed is down
+    /// and changes are being missed until a later call returns `Resync`.
+    async fn next_change(&self) -> Result<Change, StoreError>;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -100,6 +100,86 @@ async fn insert_events<Db: ConnectionTrait>(
     Ok(())
 }
 
+/// Rows per statement of a usage flush: well under SQLite's and PostgreSQL's limits on
+/// bound parameters.
+const USAGE_CHUNK: usize = 500;
+
+/// One UPDATE for many connections: `last_used_at` moves forward to the time given for
+/// its id (a CASE on the id), never back.
+async fn update_last_used<Db: ConnectionTrait>(
+    db: &Db,
+    entries: &[(ConnectionId, DateTime<Utc>)],
+) -> Result<(), StoreError> {
+    let Some(((first_id, first_at), rest)) = entries.split_first() else {
+        return Ok(());
+    };
+    let mut proposed = Expr::case(C::Id.eq(first_id.to_string()), to_millis(*first_at));
+    for (id, at) in rest {
+        proposed = proposed.case(C::Id.eq(id.to_string()), to_millis(*at));
+    }
+    let proposed: sea_orm::sea_query::SimpleExpr =
+        proposed.finally(Expr::col(C::LastUsedAt)).into();
+    let later = Expr::case(
+        Condition::any()
+            .add(C::LastUsedAt.is_null())
+            .add(Expr::col(C::LastUsedAt).lt(proposed.clone())),
+        proposed,
+    )
+    .finally(Expr::col(C::LastUsedAt));
+    connections::Entity::update_many()
+        .col_expr(C::LastUsedAt, later.into())
+        .filter(C::Id.is_in(entries.iter().map(|(id, _)| id.to_string())))
+        .exec(db)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// One multi-row upsert of (connection, flow) usage rows, adding counts.
+async fn upsert_usages<Db: ConnectionTrait>(db: &Db, rows: &[&Usage]) -> Result<(), StoreError> {
+    use connection_usages::Column as U;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let existing = |c: U| Expr::col((connection_usages::Entity, c));
+    let proposed = |c: U| Expr::col((Alias::new("excluded"), c));
+    connection_usages::Entity::insert_many(rows.iter().map(|u| connection_usages::ActiveModel {
+        connection_id: Set(u.connection_id.to_string()),
+        flow_id: Set(u.flow_id.as_str().to_owned()),
+        first_used_at: Set(to_millis(u.first_used_at)),
+        last_used_at: Set(to_millis(u.last_used_at)),
+        use_count: Set(u.count),
+    }))
+    .on_conflict(
+        OnConflict::columns([U::ConnectionId, U::FlowId])
+            .value(
+                U::UseCount,
+                existing(U::UseCount).add(proposed(U::UseCount)),
+            )
+            .value(
+                U::FirstUsedAt,
+                Expr::case(
+                    proposed(U::FirstUsedAt).lt(existing(U::FirstUsedAt)),
+                    proposed(U::FirstUsedAt),
+                )
+                .finally(existing(U::FirstUsedAt)),
+            )
+            .value(
+                U::LastUsedAt,
+                Expr::case(
+                    proposed(U::LastUsedAt).gt(existing(U::LastUsedAt)),
+                    proposed(U::LastUsedAt),
+                )
+                .finally(existing(U::LastUsedAt)),
+            )
+            .to_owned(),
+    )
+    .exec_without_returning(db)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
 #[async_trait]
 impl ConnectionStore for SeaStore {
     async fn insert_connection(
@@ -337,6 +417,44 @@ impl ConnectionStore for SeaStore {
                 .exec_without_returning(&txn)
                 .await
                 .map_err(backend)?;
+        }
+        txn.commit().await.map_err(backend)
+    }
+
+    async fn record_usages(
+        &self,
+        last_used: &[(ConnectionId, DateTime<Utc>)],
+        flows: &[Usage],
+    ) -> Result<(), StoreError> {
+        if last_used.is_empty() && flows.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin().await.map_err(backend)?;
+        for chunk in last_used.chunks(USAGE_CHUNK) {
+            update_last_used(&txn, chunk).await?;
+        }
+        // Usage rows of connections deleted since their use would break the foreign key.
+        let mut wanted: Vec<String> = flows.iter().map(|u| u.connection_id.to_string()).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut existing = std::collections::HashSet::new();
+        for chunk in wanted.chunks(USAGE_CHUNK) {
+            let ids: Vec<String> = connections::Entity::find()
+                .select_only()
+                .column(C::Id)
+                .filter(C::Id.is_in(chunk.iter().map(String::as_str)))
+                .into_tuple()
+                .all(&txn)
+                .await
+                .map_err(backend)?;
+            existing.extend(ids);
+        }
+        let rows: Vec<&Usage> = flows
+            .iter()
+            .filter(|u| existing.contains(&u.connection_id.to_string()))
+            .collect();
+        for chunk in rows.chunks(USAGE_CHUNK) {
+            upsert_usages(&txn, chunk).await?;
         }
         txn.commit().await.map_err(backend)
     }

@@ -17,11 +17,13 @@ mod connections;
 mod convert;
 mod entity;
 mod migration;
+mod notify;
 mod records;
 mod sealed;
 pub mod time;
 
 pub use sealed::KEY_CHECK_META;
+pub use notify::{PgChangeFeed, SqliteChangeFeed};
 
 use std::path::Path;
 use std::time::Duration;

@@ -10,7 +10,11 @@ pub(crate) struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(M0001Initial), Box::new(M0002HistoryIndexes)]
+        vec![
+            Box::new(M0001Initial),
+            Box::new(M0002HistoryIndexes),
+            Box::new(crate::notify::M0003ChangeNotify),
+        ]
     }
 
     /// Our own name, so the table cannot clash with another sea-orm application

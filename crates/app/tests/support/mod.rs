@@ -111,6 +111,16 @@ impl FakeStore {
         c.version += 1;
     }
 
+    /// The stored usage rows of a connection, in no particular order.
+    pub fn usages(&self, id: ConnectionId) -> Vec<Usage> {
+        let t = self.t.lock().unwrap();
+        t.usages
+            .iter()
+            .filter(|u| u.connection_id == id)
+            .cloned()
+            .collect()
+    }
+
     pub fn events(&self, id: ConnectionId) -> Vec<ConnectionEvent> {
         let t = self.t.lock().unwrap();
         t.events
@@ -292,6 +302,39 @@ impl ConnectionStore for FakeStore {
                     last_used_at: at,
                     count: 1,
                 }),
+            }
+        }
+        Ok(())
+    }
+
+    async fn record_usages(
+        &self,
+        last_used: &[(ConnectionId, DateTime<Utc>)],
+        flows: &[Usage],
+    ) -> Result<(), StoreError> {
+        self.enter("record_usages")?;
+        let mut t = self.t.lock().unwrap();
+        for (id, at) in last_used {
+            // Gone connections are skipped; the latest use wins; the version is untouched.
+            if let Some(c) = t.connections.get_mut(id) {
+                c.last_used_at = Some(c.last_used_at.map_or(*at, |l| l.max(*at)));
+            }
+        }
+        for new in flows {
+            if !t.connections.contains_key(&new.connection_id) {
+                continue;
+            }
+            match t
+                .usages
+                .iter_mut()
+                .find(|u| u.connection_id == new.connection_id && u.flow_id == new.flow_id)
+            {
+                Some(u) => {
+                    u.count += new.count;
+                    u.first_used_at = u.first_used_at.min(new.first_used_at);
+                    u.last_used_at = u.last_used_at.max(new.last_used_at);
+                }
+                None => t.usages.push(new.clone()),
             }
         }
         Ok(())
