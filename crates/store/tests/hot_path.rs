@@ -81,7 +81,11 @@ mod cases {
         assert!(store.delete_connection(gone.id).await.unwrap());
 
         let mut last_used = vec![(a.id, t(30)), (b.id, t(5)), (gone.id, t(40))];
-        last_used.extend(many.iter().enumerate().map(|(i, c)| (c.id, t(100 + i as i64))));
+        last_used.extend(
+            many.iter()
+                .enumerate()
+                .map(|(i, c)| (c.id, t(100 + i as i64))),
+        );
         let mut flows = vec![
             usage(&a, "f1", 2, 30, 3),
             usage(&a, "f2", 20, 25, 2),
@@ -96,11 +100,22 @@ mod cases {
         let usages = store.list_usages(a.id).await.unwrap();
         let f1 = usages.iter().find(|u| u.flow_id.as_str() == "f1").unwrap();
         // Added to the row written before, first use widened back to 2.
-        assert_eq!((f1.count, f1.first_used_at, f1.last_used_at), (4, t(2), t(30)));
-        let f2 = usages.iter().find(|u| u.flow_id.as_str() == "f2").unwrap();
-        assert_eq!((f2.count, f2.first_used_at, f2.last_used_at), (2, t(20), t(25)));
         assert_eq!(
-            store.get_connection(b.id).await.unwrap().unwrap().last_used_at,
+            (f1.count, f1.first_used_at, f1.last_used_at),
+            (4, t(2), t(30))
+        );
+        let f2 = usages.iter().find(|u| u.flow_id.as_str() == "f2").unwrap();
+        assert_eq!(
+            (f2.count, f2.first_used_at, f2.last_used_at),
+            (2, t(20), t(25))
+        );
+        assert_eq!(
+            store
+                .get_connection(b.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .last_used_at,
             Some(t(5))
         );
         assert!(store.list_usages(b.id).await.unwrap().is_empty());
@@ -119,7 +134,12 @@ mod cases {
             .await
             .unwrap();
         assert_eq!(
-            store.get_connection(a.id).await.unwrap().unwrap().last_used_at,
+            store
+                .get_connection(a.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .last_used_at,
             Some(t(30))
         );
         let f2 = store
@@ -129,7 +149,10 @@ mod cases {
             .into_iter()
             .find(|u| u.flow_id.as_str() == "f2")
             .unwrap();
-        assert_eq!((f2.count, f2.first_used_at, f2.last_used_at), (3, t(20), t(25)));
+        assert_eq!(
+            (f2.count, f2.first_used_at, f2.last_used_at),
+            (3, t(20), t(25))
+        );
         store.record_usages(&[], &[]).await.unwrap();
     }
 
