@@ -358,6 +358,7 @@ impl Latchkey {
             limit: limit + 1,
         };
         let mut items = self.svc.connections.list_connections(&query).await?;
+        self.usage.overlay_last_used(&mut items);
         let next_cursor = if items.len() > limit as usize {
             items.truncate(limit as usize);
             items.last().map(|c| c.id)

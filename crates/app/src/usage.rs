@@ -105,6 +105,22 @@ impl UsageBuffer {
         out
     }
 
+    /// Moves `last_used_at` of listed connections to their pending use, if later.
+    pub(crate) fn overlay_last_used(&self, items: &mut [Connection]) {
+        let gathering = lock(&self.gathering);
+        let in_flight = lock(&self.in_flight);
+        if gathering.is_empty() && in_flight.is_empty() {
+            return;
+        }
+        for c in items {
+            for m in [&*gathering, &*in_flight] {
+                if let Some(p) = m.get(&c.id) {
+                    c.last_used_at = c.last_used_at.max(p.last_used_at);
+                }
+            }
+        }
+    }
+
     /// Adds the pending usage of `c` to what the store returned: `last_used_at` and the
     /// flow rows (ordered like the store's: most recent first, then by flow id).
     /// Returns how many flows were not in `used_by`.

@@ -674,6 +674,16 @@ async fn credentials_record_the_usage_and_the_flow() {
         assert_eq!(u.last_used_at, t0() + chrono::Duration::minutes(1));
     };
     check(&details.used_by);
+    let listed = h
+        .app
+        .list_connections(&admin(), None, None, None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.items[0].last_used_at,
+        Some(t0() + chrono::Duration::minutes(2)),
+        "a listing shows the pending use too"
+    );
 
     // One flush writes it all in one call, and the view stays the same (not doubled).
     assert_eq!(h.app.flush_usage().await.unwrap(), 1);

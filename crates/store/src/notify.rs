@@ -32,8 +32,13 @@ const SQLITE_POLL: Duration = Duration::from_millis(200);
 
 /// Installs the PostgreSQL triggers that NOTIFY every committed change of a connection
 /// or access key. Nothing on SQLite.
-#[derive(DeriveMigrationName)]
 pub(crate) struct M0003ChangeNotify;
+
+impl MigrationName for M0003ChangeNotify {
+    fn name(&self) -> &str {
+        "m0003_change_notify"
+    }
+}
 
 // The trait spells `&SchemaManager` without a lifetime; matching it exactly is required.
 #[allow(elided_lifetimes_in_paths)]
