@@ -22,7 +22,11 @@ Commands:
   ci      What CI runs, failing fast: cargo fmt --check, cargo clippy -D warnings,
           npm ci for the OIDC test peer if needed, cargo test --workspace
   e2e     npm ci for the OIDC test peer if needed, then cargo test -p latchkey-tests
-  bench   Build the release `latchkey` binary and run the workspace's bench targets
+  bench   Build the release `latchkey` binary, install wrk if missing, and run the
+          workspace's bench targets: the server bench (one table of req/s, p50, p99 and
+          ratios to the static-404 ceiling, refreshes/s, CPU per refresh, list p99, RSS,
+          start-up) and the refresh-scan bench. Fails when a target is missed.
+          `bench --smoke` runs a few seconds of each, targets reported, not enforced
   openapi Regenerate docs/openapi.json from the code
   fuzz    Schema-driven fuzzing: schemathesis (pinned, in target/schemathesis-venv)
           against the live binary with the admin token; no 5xx, every response
@@ -42,7 +46,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("e2e") => e2e(),
-        Some("bench") => bench(),
+        Some("bench") => bench(&args[1..]),
         Some("openapi") => openapi(),
         Some("fuzz") => {
             let mut steps = Steps::default();
@@ -129,7 +133,8 @@ fn e2e() -> Result<()> {
     Ok(())
 }
 
-fn bench() -> Result<()> {
+fn bench(args: &[String]) -> Result<()> {
+    let smoke = args.iter().any(|a| a == "--smoke");
     let mut steps = Steps::default();
     steps.run(
         "build",
@@ -152,9 +157,16 @@ fn bench() -> Result<()> {
         return Ok(());
     }
     println!("xtask: {benches} bench target(s) found");
+    steps.step("wrk", ensure_wrk)?;
     let mut run = cargo(["bench", "--workspace", "--benches"]);
     // Benchmarks that drive the server as a process find it here.
     run.env("LATCHKEY_BIN", &binary);
+    if smoke {
+        run.env("LATCHKEY_BENCH_SMOKE", "1");
+    } else if env::var_os("LATCHKEY_BENCH_SCAN_ROWS").is_none() {
+        // The refresh scans at the 100,000 stored connections.
+        run.env("LATCHKEY_BENCH_SCAN_ROWS", "100000");
+    }
     steps.run("bench", run, "benchmarks failed")?;
     println!("\nxtask bench: OK: {}", steps.summary());
     Ok(())
@@ -283,6 +295,28 @@ fn fuzz() -> Result<()> {
     let _ = child.kill();
     let _ = child.wait();
     result
+}
+
+/// Installs Debian's `wrk`, the load generator of the server bench, when it is missing.
+fn ensure_wrk() -> Result<()> {
+    if Command::new("wrk").arg("--version").output().is_ok() {
+        println!("xtask: wrk is installed");
+        return Ok(());
+    }
+    println!("xtask: wrk is missing: installing it with apt-get");
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let mut apt = if root {
+        Command::new("apt-get")
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("apt-get");
+        c
+    };
+    apt.args(["install", "-y", "wrk"]);
+    run(apt, "installing wrk failed (apt-get install -y wrk)")
 }
 
 /// Runs `npm ci` in the OIDC peer's directory when its dependencies are missing or
