@@ -143,11 +143,11 @@ impl UsageBuffer {
                 None => {
                     added += 1;
                     used_by.push(Usage {
-                    connection_id: c.id,
-                    flow_id: flow,
-                    first_used_at: u.first,
-                    last_used_at: u.last,
-                    count: u.count,
+                        connection_id: c.id,
+                        flow_id: flow,
+                        first_used_at: u.first,
+                        last_used_at: u.last,
+                        count: u.count,
                     })
                 }
             }

@@ -192,6 +192,8 @@ async fn retention_purges_old_events_and_usages_only() {
         .fetch_credentials(&admin(), c.id, Some("old-flow"))
         .await
         .unwrap();
+    // Usage is written by the once-a-second flush.
+    h.app.flush_usage().await.unwrap();
     // Default retention: 90 days.
     h.clock.advance(Duration::days(60));
     h.app
@@ -209,6 +211,7 @@ async fn retention_purges_old_events_and_usages_only() {
         .fetch_credentials(&admin(), c.id, Some("new-flow"))
         .await
         .unwrap();
+    h.app.flush_usage().await.unwrap();
     assert_eq!(h.app.run_retention_cycle().await.unwrap(), 0);
     assert_eq!(h.store.events(c.id).len(), 2);
 

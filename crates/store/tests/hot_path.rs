@@ -97,7 +97,7 @@ mod cases {
         let got_a = store.get_connection(a.id).await.unwrap().unwrap();
         assert_eq!(got_a.last_used_at, Some(t(30)));
         assert_eq!(got_a.version, a.version, "usage is not a change");
-        let usages = store.list_usages(a.id).await.unwrap();
+        let usages = store.list_usages(a.id, 100).await.unwrap();
         let f1 = usages.iter().find(|u| u.flow_id.as_str() == "f1").unwrap();
         // Added to the row written before, first use widened back to 2.
         assert_eq!(
@@ -118,12 +118,12 @@ mod cases {
                 .last_used_at,
             Some(t(5))
         );
-        assert!(store.list_usages(b.id).await.unwrap().is_empty());
+        assert!(store.list_usages(b.id, 100).await.unwrap().is_empty());
         assert!(store.get_connection(gone.id).await.unwrap().is_none());
         for (i, c) in many.iter().enumerate() {
             let got = store.get_connection(c.id).await.unwrap().unwrap();
             assert_eq!(got.last_used_at, Some(t(100 + i as i64)));
-            let u = store.list_usages(c.id).await.unwrap();
+            let u = store.list_usages(c.id, 100).await.unwrap();
             assert_eq!(u.len(), 1);
             assert_eq!(u[0].count, 4);
         }
@@ -143,7 +143,7 @@ mod cases {
             Some(t(30))
         );
         let f2 = store
-            .list_usages(a.id)
+            .list_usages(a.id, 100)
             .await
             .unwrap()
             .into_iter()

@@ -111,16 +111,6 @@ impl FakeStore {
         c.version += 1;
     }
 
-    /// The stored usage rows of a connection, in no particular order.
-    pub fn usages(&self, id: ConnectionId) -> Vec<Usage> {
-        let t = self.t.lock().unwrap();
-        t.usages
-            .iter()
-            .filter(|u| u.connection_id == id)
-            .cloned()
-            .collect()
-    }
-
     pub fn events(&self, id: ConnectionId) -> Vec<ConnectionEvent> {
         let t = self.t.lock().unwrap();
         t.events
