@@ -22,8 +22,8 @@ mod records;
 mod sealed;
 pub mod time;
 
-pub use sealed::KEY_CHECK_META;
 pub use notify::{PgChangeFeed, SqliteChangeFeed};
+pub use sealed::KEY_CHECK_META;
 
 use std::path::Path;
 use std::time::Duration;
