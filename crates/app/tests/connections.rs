@@ -676,7 +676,7 @@ async fn credentials_record_the_usage_and_the_flow() {
     check(&details.used_by);
     let listed = h
         .app
-        .list_connections(&admin(), None, None, None, None, None)
+        .list_connections(&admin(), ListFilter::default())
         .await
         .unwrap();
     assert_eq!(
