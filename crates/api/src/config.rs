@@ -9,7 +9,7 @@ use secrecy::SecretString;
 use zeroize::Zeroize;
 
 use latchkey_app::DefaultClient;
-use latchkey_domain::Provider;
+use latchkey_domain::{IpNet, Provider};
 
 /// Why the configuration is unusable. Each message names the variable.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub admin_token: Option<SecretString>,
     pub allow_insecure_loopback: bool,
+    /// Non-public ranges provider calls may reach (`LATCHKEY_ALLOW_PRIVATE_NETWORKS`).
+    pub allow_private_networks: Vec<IpNet>,
     pub refresh_interval: Duration,
     pub refresh_margin: Duration,
     pub refresh_lease: Duration,
@@ -169,6 +171,16 @@ impl Config {
                 t => t.map(SecretString::from),
             },
             allow_insecure_loopback: parse_bool(&get, "LATCHKEY_ALLOW_INSECURE_LOOPBACK", false)?,
+            allow_private_networks: get("LATCHKEY_ALLOW_PRIVATE_NETWORKS")
+                .map(|v| latchkey_domain::net::parse_networks(&v))
+                .transpose()
+                .map_err(|reason| {
+                    invalid(
+                        "LATCHKEY_ALLOW_PRIVATE_NETWORKS",
+                        format!("{reason} (expected comma-separated CIDR ranges such as 10.0.0.0/8,fd00::/8)"),
+                    )
+                })?
+                .unwrap_or_default(),
             refresh_interval: parse_duration_var(
                 &get,
                 "LATCHKEY_REFRESH_INTERVAL",
@@ -511,10 +523,41 @@ mod tests {
             ("LATCHKEY_MAX_CONNECTIONS_PER_PROJECT", "0"),
             ("LATCHKEY_MAX_CONNECTIONS_PER_PROJECT", "-5"),
             ("LATCHKEY_ALLOW_INSECURE_KEY_FILE", "perhaps"),
+            ("LATCHKEY_ALLOW_PRIVATE_NETWORKS", "10.0.0.0/33"),
+            ("LATCHKEY_ALLOW_PRIVATE_NETWORKS", "10.0.0.0/8,intranet"),
+            ("LATCHKEY_ALLOW_PRIVATE_NETWORKS", "10.1.2.3/8"),
         ] {
             let err = Config::from_vars(&vars(&[(k, v)])).unwrap_err().to_string();
             assert!(err.starts_with("LATCHKEY_"), "{k}: {err}");
         }
+    }
+
+    #[test]
+    fn private_networks() {
+        let c = Config::from_vars(&vars(&[])).unwrap();
+        assert!(c.allow_private_networks.is_empty());
+        let c = Config::from_vars(&vars(&[(
+            "LATCHKEY_ALLOW_PRIVATE_NETWORKS",
+            " 10.0.0.0/8, fd00::/8 ,192.168.5.7",
+        )]))
+        .unwrap();
+        let shown: Vec<String> = c
+            .allow_private_networks
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "fd00::/8", "192.168.5.7/32"]);
+        let err = Config::from_vars(&vars(&[(
+            "LATCHKEY_ALLOW_PRIVATE_NETWORKS",
+            "10.0.0.0/8,172.16.0.0/99",
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("LATCHKEY_ALLOW_PRIVATE_NETWORKS: \"172.16.0.0/99\""),
+            "{err}"
+        );
+        assert!(err.contains("prefix length"), "{err}");
     }
 
     #[test]

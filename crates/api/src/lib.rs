@@ -113,6 +113,14 @@ impl Application {
         let job_health = config
             .run_jobs
             .then(|| Arc::new(jobs::JobHealth::new(config.refresh_interval, lease_std)));
+        if !config.allow_private_networks.is_empty() {
+            let ranges: Vec<String> = config
+                .allow_private_networks
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            tracing::warn!(ranges = %ranges.join(","), "provider calls may reach these non-public ranges (LATCHKEY_ALLOW_PRIVATE_NETWORKS)");
+        }
         let state = web::Data::new(http::AppState {
             app: app.clone(),
             store,
@@ -195,6 +203,7 @@ pub fn wire_with_cache(
 ) -> anyhow::Result<(Latchkey, Arc<CachedStore>)> {
     let provider = HttpProviderClient::new(OutboundPolicy {
         allow_insecure_loopback: config.allow_insecure_loopback,
+        private_networks: config.allow_private_networks.clone(),
         timeout: config.http_timeout,
         ..OutboundPolicy::default()
     })
@@ -224,6 +233,7 @@ pub fn wire_with_cache(
         callback_url: config.callback_url(),
         url_policy: UrlPolicy {
             allow_insecure_loopback: config.allow_insecure_loopback,
+            private_networks: config.allow_private_networks.clone(),
         },
         refresh: RefreshPolicy {
             margin: chrono::Duration::from_std(config.refresh_margin)?,

@@ -97,13 +97,25 @@ impl Latchkey {
         }
         let mut config = Map::new();
         config.insert("oauth2_config".into(), Value::Object(oc));
-        let parsed =
-            parse_config(kind, &Value::Object(config), self.settings.url_policy).map_err(|e| {
+        let parsed = parse_config(kind, &Value::Object(config), &self.settings.url_policy)
+            .map_err(|e| {
+                let top =
+                    |field: String| field.trim_start_matches("config.oauth2_config.").to_owned();
                 match e {
                     DomainError::InvalidField { field, reason } => DomainError::InvalidField {
-                        field: field.trim_start_matches("config.oauth2_config.").to_owned(),
+                        field: top(field),
                         reason,
                     },
+                    DomainError::InvalidConfig { field, reason } => DomainError::InvalidConfig {
+                        field: top(field),
+                        reason,
+                    },
+                    DomainError::AddressNotAllowed { field, reason } => {
+                        DomainError::AddressNotAllowed {
+                            field: top(field),
+                            reason,
+                        }
+                    }
                     other => other,
                 }
             })?;

@@ -217,7 +217,7 @@ impl Latchkey {
                 obj.insert("oauth2_client_id".into(), Value::Bool(true));
             }
         }
-        let parsed = parse_config(kind, &config, self.settings.url_policy)?;
+        let parsed = parse_config(kind, &config, &self.settings.url_policy)?;
         let oauth2_client_id = match client_ref {
             None => None,
             Some(raw) => {
@@ -402,7 +402,7 @@ impl Latchkey {
                 if c.kind.is_oauth() {
                     return Err(DomainError::ConfigLocked.into());
                 }
-                let parsed = parse_config(c.kind, config, self.settings.url_policy)?;
+                let parsed = parse_config(c.kind, config, &self.settings.url_policy)?;
                 let from = c.status;
                 c.apply(LifecycleEvent::SecretReplaced, now)?;
                 // Not a status change, but worth a line in the history: who rotated what, when.

@@ -2,11 +2,13 @@
 //! shown back (public) and the part that is sealed (secrets).
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
 
 use crate::connection::ConnectionType;
+use crate::net::{is_localhost_name, AddressClass, AddressRules, IpNet};
 use crate::provider::{Provider, TokenAuthMethod};
 use crate::DomainError;
 
@@ -150,15 +152,36 @@ pub struct ParsedConfig {
     pub oauth: Option<OAuthSettings>,
 }
 
-/// Rules for URLs in configuration.
-#[derive(Debug, Clone, Copy, Default)]
+/// Rules for URLs in configuration, and for the addresses behind them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UrlPolicy {
-    /// Permit `http://` to loopback addresses (tests, local development).
+    /// Permit loopback addresses, and `http://` to them (tests, local development).
     pub allow_insecure_loopback: bool,
+    /// Non-public ranges opened by the operator (`LATCHKEY_ALLOW_PRIVATE_NETWORKS`).
+    pub private_networks: Vec<IpNet>,
 }
 
 impl UrlPolicy {
+    /// The address rules every connection to a provider is held to.
+    pub fn address_rules(&self) -> AddressRules {
+        AddressRules {
+            allow_loopback: self.allow_insecure_loopback,
+            allowed_networks: self.private_networks.clone(),
+        }
+    }
+
+    /// A URL Latchkey will connect to: https (http only to loopback when allowed), and a
+    /// host that is not a non-public address literal. Names are checked after resolution,
+    /// at connection time, by the adapter.
     pub fn check(&self, field: &str, raw: &str) -> Result<url::Url, DomainError> {
+        let u = self.check_scheme(field, raw)?;
+        self.check_host(field, &u)?;
+        Ok(u)
+    }
+
+    /// A URL Latchkey only hands out (a redirect URI): the scheme rule alone, since no
+    /// connection is made to it.
+    pub fn check_scheme(&self, field: &str, raw: &str) -> Result<url::Url, DomainError> {
         let u = url::Url::parse(raw)
             .map_err(|e| DomainError::field(field, format!("not a valid URL: {e}")))?;
         match u.scheme() {
@@ -169,6 +192,35 @@ impl UrlPolicy {
                 "must use https (plain http is allowed only for loopback addresses when LATCHKEY_ALLOW_INSECURE_LOOPBACK=true)",
             )),
             other => Err(DomainError::field(field, format!("unsupported URL scheme {other:?}"))),
+        }
+    }
+
+    fn check_host(&self, field: &str, u: &url::Url) -> Result<(), DomainError> {
+        let rules = self.address_rules();
+        let refused = |host: &str, class: AddressClass| {
+            DomainError::AddressNotAllowed {
+            field: field.to_owned(),
+            reason: format!(
+                "{host} is {}; Latchkey connects only to public addresses (an operator can open a range with LATCHKEY_ALLOW_PRIVATE_NETWORKS)",
+                class.an_address()
+            ),
+        }
+        };
+        match u.host() {
+            Some(url::Host::Ipv4(ip)) => rules
+                .check(IpAddr::V4(ip))
+                .map_err(|class| refused(&ip.to_string(), class)),
+            Some(url::Host::Ipv6(ip)) => rules
+                .check(IpAddr::V6(ip))
+                .map_err(|class| refused(&format!("[{ip}]"), class)),
+            Some(url::Host::Domain(name)) if is_localhost_name(name) => {
+                // RFC 6761: these names are loopback whatever a resolver says.
+                rules
+                    .check(IpAddr::V4(Ipv4Addr::LOCALHOST))
+                    .map_err(|class| refused(name, class))
+            }
+            Some(url::Host::Domain(_)) => Ok(()),
+            None => Err(DomainError::field(field, "has no host")),
         }
     }
 }
@@ -187,7 +239,7 @@ pub fn is_loopback(u: &url::Url) -> bool {
 pub fn parse_config(
     kind: ConnectionType,
     config: &Value,
-    urls: UrlPolicy,
+    urls: &UrlPolicy,
 ) -> Result<ParsedConfig, DomainError> {
     let obj = config
         .as_object()
@@ -290,7 +342,7 @@ fn parse_custom(obj: &Map<String, Value>) -> Result<ParsedConfig, DomainError> {
 fn parse_oauth(
     provider: Provider,
     obj: &Map<String, Value>,
-    urls: UrlPolicy,
+    urls: &UrlPolicy,
 ) -> Result<ParsedConfig, DomainError> {
     only_keys(
         obj,
@@ -336,6 +388,11 @@ fn parse_oauth(
         }
     };
     let generic = provider == Provider::Generic;
+    let client_ref = obj
+        .get("oauth2_client_id")
+        .filter(|v| !v.is_null())
+        .is_some();
+    refuse_foreign_registration_fields(provider, oc, client_ref)?;
     let allowed: &[&str] = if generic {
         &[
             "client_id",
@@ -368,12 +425,18 @@ fn parse_oauth(
     };
     // Identifiers the provider compares as exact strings (RFC 8414 §3.3, RFC 9207 §2.4,
     // RFC 6749 §3.1.2.3): checked like any URL but kept verbatim, since normalizing
-    // would append a "/" to "https://idp.example" and make every comparison fail.
-    let identifier_field = |k: &str| -> Result<Option<String>, DomainError> {
+    // would append a "/" to "https://idp.example" and make every comparison fail. The
+    // issuer is connected to (discovery); the redirect URI only handed out.
+    let identifier_field = |k: &str, connected: bool| -> Result<Option<String>, DomainError> {
         optional_string(oc, p, k)?
             .map(|v| {
-                urls.check(&format!("{p}.{k}"), &v)
-                    .map(|_| v.trim().to_owned())
+                let field = format!("{p}.{k}");
+                let checked = if connected {
+                    urls.check(&field, &v)
+                } else {
+                    urls.check_scheme(&field, &v)
+                };
+                checked.map(|_| v.trim().to_owned())
             })
             .transpose()
     };
@@ -382,9 +445,9 @@ fn parse_oauth(
         client_id: optional_string(oc, p, "client_id")?,
         authorization_endpoint: url_field("authorization_endpoint")?,
         token_endpoint: url_field("token_endpoint")?,
-        redirect_uri: identifier_field("redirect_uri")?,
+        redirect_uri: identifier_field("redirect_uri", false)?,
         userinfo_endpoint: url_field("userinfo_endpoint")?,
-        issuer: identifier_field("issuer")?,
+        issuer: identifier_field("issuer", true)?,
         revocation_endpoint: url_field("revocation_endpoint")?,
         token_endpoint_auth_method: optional_string(oc, p, "token_endpoint_auth_method")?
             .map(|m| m.parse())
@@ -439,10 +502,6 @@ fn parse_oauth(
         }
     }
     let client_secret = optional_string(oc, p, "client_secret")?;
-    let client_ref = obj
-        .get("oauth2_client_id")
-        .filter(|v| !v.is_null())
-        .is_some();
     if generic && !client_ref {
         if settings.client_id.is_none() {
             return Err(DomainError::field(
@@ -487,6 +546,65 @@ fn parse_oauth(
         secrets: SecretFields(secrets),
         oauth: Some(settings),
     })
+}
+
+/// Where a client registration's codes and secret go, and how it authenticates.
+pub const ENDPOINT_FIELDS: [&str; 6] = [
+    "authorization_endpoint",
+    "token_endpoint",
+    "userinfo_endpoint",
+    "revocation_endpoint",
+    "issuer",
+    "token_endpoint_auth_method",
+];
+
+/// What a client registration owns: its identity, its secret and every endpoint.
+pub const REGISTRATION_FIELDS: [&str; 9] = [
+    "client_id",
+    "client_secret",
+    "redirect_uri",
+    "authorization_endpoint",
+    "token_endpoint",
+    "userinfo_endpoint",
+    "revocation_endpoint",
+    "issuer",
+    "token_endpoint_auth_method",
+];
+
+/// A connection that runs on a registration it does not own (a registered client, the
+/// deployment's app) must not choose where that registration's secret, codes or tokens
+/// go, and a catalog provider's endpoints are the provider's.
+fn refuse_foreign_registration_fields(
+    provider: Provider,
+    oc: &Map<String, Value>,
+    client_ref: bool,
+) -> Result<(), DomainError> {
+    let p = "config.oauth2_config";
+    let set = |k: &str| oc.get(k).is_some_and(|v| !v.is_null());
+    if client_ref {
+        if let Some(k) = REGISTRATION_FIELDS.iter().find(|k| set(k)) {
+            return Err(DomainError::config(
+                format!("{p}.{k}"),
+                "comes from the registered client named by oauth2_client_id; a connection that uses a registered client cannot set its own",
+            ));
+        }
+    }
+    if provider != Provider::Generic {
+        if let Some(k) = ENDPOINT_FIELDS.iter().find(|k| set(k)) {
+            return Err(DomainError::config(
+                format!("{p}.{k}"),
+                format!("a {provider} connection uses {provider}'s own endpoints from the catalog; use type oauth2 for another server"),
+            ));
+        }
+        if !client_ref && !set("client_id") && set("redirect_uri") {
+            let up = provider.as_str().to_uppercase();
+            return Err(DomainError::config(
+                format!("{p}.redirect_uri"),
+                format!("without a client_id of its own this connection runs on the deployment's app (LATCHKEY_OAUTH_{up}_CLIENT_ID), whose redirect URI is Latchkey's callback; give oauth2_config.client_id to use your own app"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Parameters of the consent URL that Latchkey owns.
@@ -545,7 +663,7 @@ mod tests {
     use super::*;
 
     fn parse(kind: &str, config: Value) -> Result<ParsedConfig, DomainError> {
-        parse_config(kind.parse().unwrap(), &config, UrlPolicy::default())
+        parse_config(kind.parse().unwrap(), &config, &UrlPolicy::default())
     }
 
     #[test]
@@ -645,7 +763,7 @@ mod tests {
             (
                 "google",
                 json!({"oauth2_config": {"token_endpoint": "https://evil"}}),
-                "config.oauth2_config.token_endpoint: unknown field",
+                "config.oauth2_config.token_endpoint: a google connection uses google's own endpoints",
             ),
             (
                 "google",
@@ -706,6 +824,7 @@ mod tests {
     fn loopback_http_only_when_allowed() {
         let allow = UrlPolicy {
             allow_insecure_loopback: true,
+            ..UrlPolicy::default()
         };
         assert!(allow.check("u", "http://127.0.0.1:9/x").is_ok());
         assert!(allow.check("u", "http://localhost/x").is_ok());
@@ -716,6 +835,185 @@ mod tests {
             .is_err());
         assert!(allow.check("u", "ftp://127.0.0.1/x").is_err());
         assert!(allow.check("u", "not a url").is_err());
+    }
+
+    fn parse_with(
+        kind: &str,
+        config: Value,
+        urls: &UrlPolicy,
+    ) -> Result<ParsedConfig, DomainError> {
+        parse_config(kind.parse().unwrap(), &config, urls)
+    }
+
+    /// The marker the app puts in place of the registered client's id.
+    fn on_registered_client(mut config: Value) -> Value {
+        config["oauth2_client_id"] = json!(true);
+        config
+    }
+
+    #[test]
+    fn a_connection_on_a_registered_client_cannot_choose_where_its_secret_goes() {
+        for kind in ["oauth2", "google", "microsoft", "github"] {
+            for field in REGISTRATION_FIELDS {
+                let value = match field {
+                    "token_endpoint_auth_method" => "client_secret_post",
+                    "client_id" | "client_secret" => "mine",
+                    _ => "https://attacker.example/x",
+                };
+                let config = on_registered_client(json!({"oauth2_config": {field: value}}));
+                let err = parse_with(kind, config, &UrlPolicy::default()).unwrap_err();
+                let DomainError::InvalidConfig {
+                    field: named,
+                    reason,
+                } = &err
+                else {
+                    panic!("{kind} {field}: {err:?}")
+                };
+                assert_eq!(named, &format!("config.oauth2_config.{field}"), "{kind}");
+                assert!(
+                    reason.contains("oauth2_client_id"),
+                    "{kind} {field}: {reason}"
+                );
+            }
+            // What stays the connection's own: its scopes and consent parameters.
+            let ok = on_registered_client(json!({
+                "scopes": ["openid"],
+                "oauth2_config": {"extra_authorization_params": {"login_hint": "ada"}}
+            }));
+            parse_with(kind, ok, &UrlPolicy::default()).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_catalog_connection_cannot_choose_endpoints_nor_redirect_the_deployment_app() {
+        for kind in ["google", "microsoft", "dropbox", "box", "notion", "github"] {
+            for field in ENDPOINT_FIELDS {
+                for oc in [
+                    json!({field: "https://attacker.example/x"}),
+                    json!({"client_id": "c", "client_secret": "s", field: "https://attacker.example/x"}),
+                ] {
+                    let err = parse_with(kind, json!({"oauth2_config": oc}), &UrlPolicy::default())
+                        .unwrap_err();
+                    assert!(
+                        matches!(&err, DomainError::InvalidConfig { field: f, .. } if f == &format!("config.oauth2_config.{field}")),
+                        "{kind} {field}: {err:?}"
+                    );
+                }
+            }
+            // On the deployment's app: its redirect URI is Latchkey's callback.
+            let err = parse_with(
+                kind,
+                json!({"oauth2_config": {"redirect_uri": "https://attacker.example/cb"}}),
+                &UrlPolicy::default(),
+            )
+            .unwrap_err();
+            assert!(
+                matches!(&err, DomainError::InvalidConfig { field, reason } if field == "config.oauth2_config.redirect_uri" && reason.contains("deployment's app")),
+                "{kind}: {err:?}"
+            );
+            // With an app of its own, the redirect URI is the connection's business.
+            parse_with(
+                kind,
+                json!({"oauth2_config": {"client_id": "c", "client_secret": "s", "redirect_uri": "https://mine.example/cb"}}),
+                &UrlPolicy::default(),
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn non_public_address_literals_are_refused_where_latchkey_connects() {
+        let strict = UrlPolicy::default();
+        let loopback = UrlPolicy {
+            allow_insecure_loopback: true,
+            ..UrlPolicy::default()
+        };
+        let internal = UrlPolicy {
+            private_networks: crate::net::parse_networks("10.0.0.0/8,fd00::/8").unwrap(),
+            ..UrlPolicy::default()
+        };
+        // (url, strict, with loopback allowed, with 10/8 and fd00::/8 opened)
+        let table: &[(&str, bool, bool, bool)] = &[
+            ("https://127.0.0.1/t", false, true, false),
+            ("https://127.1.2.3/t", false, true, false),
+            ("https://localhost/t", false, true, false),
+            ("https://LOCALHOST./t", false, true, false),
+            ("https://idp.localhost/t", false, true, false),
+            ("https://[::1]/t", false, true, false),
+            ("https://[::ffff:127.0.0.1]/t", false, true, false),
+            ("https://0x7f.1/t", false, true, false),
+            ("https://2130706433/t", false, true, false),
+            ("https://10.0.0.1/t", false, false, true),
+            ("https://[::ffff:10.0.0.1]/t", false, false, true),
+            ("https://172.16.0.1/t", false, false, false),
+            ("https://172.31.255.255/t", false, false, false),
+            ("https://192.168.1.1/t", false, false, false),
+            (
+                "https://169.254.169.254/latest/meta-data",
+                false,
+                false,
+                false,
+            ),
+            ("https://[fe80::1]/t", false, false, false),
+            ("https://[fc00::1]/t", false, false, false),
+            ("https://[fd00::1]/t", false, false, true),
+            ("https://100.64.0.1/t", false, false, false),
+            ("https://0.0.0.0/t", false, false, false),
+            ("https://[::]/t", false, false, false),
+            ("https://224.0.0.1/t", false, false, false),
+            ("https://255.255.255.255/t", false, false, false),
+            ("https://8.8.8.8/t", true, true, true),
+            ("https://[2606:4700:4700::1111]/t", true, true, true),
+            // Names are resolved and checked when connecting, not here.
+            ("https://idp.example/t", true, true, true),
+        ];
+        for (url, s, l, i) in table {
+            for (policy, want, name) in [
+                (&strict, s, "strict"),
+                (&loopback, l, "loopback"),
+                (&internal, i, "internal"),
+            ] {
+                for field in ["token_endpoint", "issuer"] {
+                    let r = parse_with(
+                        "oauth2",
+                        json!({"oauth2_config": {"client_id": "c", "authorization_endpoint": "https://idp.example/a", "token_endpoint": "https://idp.example/t", field: url}}),
+                        policy,
+                    );
+                    match (r, want) {
+                        (Ok(_), true) => {}
+                        (Err(DomainError::AddressNotAllowed { field: f, reason }), false) => {
+                            assert_eq!(f, format!("config.oauth2_config.{field}"));
+                            assert!(reason.contains("public addresses"), "{reason}");
+                        }
+                        (other, _) => panic!("{url} under {name} as {field}: {other:?}"),
+                    }
+                }
+            }
+        }
+        // Every endpoint is held to it, and registered clients too (same parser).
+        for field in [
+            "authorization_endpoint",
+            "userinfo_endpoint",
+            "revocation_endpoint",
+        ] {
+            let err = parse_with(
+                "oauth2",
+                json!({"oauth2_config": {"client_id": "c", "issuer": "https://idp.example", field: "https://192.168.0.1/x"}}),
+                &strict,
+            )
+            .unwrap_err();
+            assert!(
+                matches!(err, DomainError::AddressNotAllowed { .. }),
+                "{field}: {err:?}"
+            );
+        }
+        // A redirect URI is only handed to the browser: its address is not our concern.
+        parse_with(
+            "oauth2",
+            json!({"oauth2_config": {"client_id": "c", "issuer": "https://idp.example", "redirect_uri": "https://10.1.2.3/cb"}}),
+            &strict,
+        )
+        .unwrap();
     }
 
     #[test]

@@ -10,6 +10,14 @@ pub enum DomainError {
     UnknownType { given: String, accepted: String },
     #[error("{field}: {reason}")]
     InvalidField { field: String, reason: String },
+    /// Each field may be valid, but the configuration may not set it: a connection that
+    /// runs on a client registration (a registered client, the deployment's app, a
+    /// catalog provider) cannot choose where that registration's secret or codes go.
+    #[error("{field}: {reason}")]
+    InvalidConfig { field: String, reason: String },
+    /// A URL names an address the outbound policy refuses (loopback, private, ...).
+    #[error("{field}: {reason}")]
+    AddressNotAllowed { field: String, reason: String },
     #[error("a {kind} connection in status {from} cannot be {}", past_tense(event))]
     IllegalTransition {
         kind: &'static str,
@@ -32,6 +40,13 @@ fn past_tense(event: &str) -> &str {
 }
 
 impl DomainError {
+    pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        DomainError::InvalidConfig {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
     pub(crate) fn field(field: impl Into<String>, reason: impl Into<String>) -> Self {
         DomainError::InvalidField {
             field: field.into(),

@@ -33,6 +33,7 @@ pub mod config;
 pub mod connection;
 mod error;
 pub mod ids;
+pub mod net;
 pub mod oauth;
 pub mod provider;
 pub mod records;
@@ -46,6 +47,7 @@ pub use connection::{
 };
 pub use error::DomainError;
 pub use ids::{AccessKeyId, ConnectionId, EventId, FlowId, OAuthClientId, ProjectId};
+pub use net::{AddressClass, AddressRules, IpNet};
 pub use provider::{Provider, ProviderSpec, TokenAuthMethod};
 pub use records::{
     sanitize_authorized_user, AccessKey, AuthSession, ConnectionEvent, EventCursor, OAuthClient,

@@ -129,6 +129,33 @@ pub fn resolve(input: ResolveInput<'_>) -> Result<ResolvedProvider, DomainError>
     let tenant = pick(|s| s.tenant.clone())
         .or_else(|| spec.and_then(|s| s.default_tenant).map(str::to_owned));
     let disc = input.discovered;
+    if input.registered_client.is_some() {
+        // The registration's secret and codes go only where the registration says, also
+        // for connections stored before create refused such fields.
+        let own = [
+            ("client_id", conn.client_id.is_some()),
+            ("client_secret", input.inline_secret.is_some()),
+            ("redirect_uri", conn.redirect_uri.is_some()),
+            (
+                "authorization_endpoint",
+                conn.authorization_endpoint.is_some(),
+            ),
+            ("token_endpoint", conn.token_endpoint.is_some()),
+            ("userinfo_endpoint", conn.userinfo_endpoint.is_some()),
+            ("revocation_endpoint", conn.revocation_endpoint.is_some()),
+            ("issuer", conn.issuer.is_some()),
+            (
+                "token_endpoint_auth_method",
+                conn.token_endpoint_auth_method.is_some(),
+            ),
+        ];
+        if let Some((field, _)) = own.iter().find(|(_, set)| *set) {
+            return Err(DomainError::config(
+                format!("oauth2_config.{field}"),
+                "is set by the connection, but the client registration it runs on owns it; create the connection again without it",
+            ));
+        }
+    }
     let from_spec = |f: fn(&ProviderSpec) -> Option<&'static str>| {
         spec.and_then(f)
             .map(|t| ProviderSpec::endpoint(t, tenant.as_deref()))
@@ -241,6 +268,23 @@ pub fn resolve(input: ResolveInput<'_>) -> Result<ResolvedProvider, DomainError>
     })
 }
 
+/// The mix-up defence when no issuer is known (RFC 9207 §2.4 asks for the issuer; without
+/// one, the authorization server is known only by its authorization endpoint): an `iss`
+/// on the callback must then be same-origin (scheme, host, port) with that endpoint.
+pub fn iss_matches_authorization_endpoint(iss: &str, authorization_endpoint: &str) -> bool {
+    match (
+        url::Url::parse(iss),
+        url::Url::parse(authorization_endpoint),
+    ) {
+        (Ok(iss), Ok(endpoint)) => {
+            let origin = iss.origin();
+            // Opaque origins (data:, file:) never name a server.
+            origin.is_tuple() && origin == endpoint.origin()
+        }
+        _ => false,
+    }
+}
+
 /// Builds the consent URL.
 pub fn authorization_url(
     provider: &ResolvedProvider,
@@ -334,7 +378,7 @@ mod tests {
 
     fn settings(kind: &str, config: serde_json::Value) -> OAuthSettings {
         let kind: ConnectionType = kind.parse().unwrap();
-        parse_config(kind, &config, UrlPolicy::default())
+        parse_config(kind, &config, &UrlPolicy::default())
             .unwrap()
             .oauth
             .unwrap()
@@ -465,6 +509,125 @@ mod tests {
         assert!(r.require_iss);
         assert!(r.pkce);
         assert_eq!(r.client.auth_method, TokenAuthMethod::ClientSecretBasic);
+    }
+
+    #[test]
+    fn a_registered_client_owns_its_endpoints_even_in_rows_stored_before_the_rule() {
+        let reg = OAuthSettings {
+            client_id: Some("reg".into()),
+            authorization_endpoint: Some("https://idp.example/auth".into()),
+            token_endpoint: Some("https://idp.example/token".into()),
+            token_endpoint_auth_method: Some(TokenAuthMethod::ClientSecretBasic),
+            ..Default::default()
+        };
+        let base = OAuthSettings {
+            scopes: Some(vec!["openid".into()]),
+            ..Default::default()
+        };
+        type Override = fn(&mut OAuthSettings);
+        let overrides: [(&str, Override); 8] = [
+            ("client_id", |s| s.client_id = Some("mine".into())),
+            ("redirect_uri", |s| {
+                s.redirect_uri = Some("https://attacker.example/cb".into())
+            }),
+            ("authorization_endpoint", |s| {
+                s.authorization_endpoint = Some("https://attacker.example/a".into())
+            }),
+            ("token_endpoint", |s| {
+                s.token_endpoint = Some("https://attacker.example/t".into())
+            }),
+            ("userinfo_endpoint", |s| {
+                s.userinfo_endpoint = Some("https://attacker.example/u".into())
+            }),
+            ("revocation_endpoint", |s| {
+                s.revocation_endpoint = Some("https://attacker.example/r".into())
+            }),
+            ("issuer", |s| {
+                s.issuer = Some("https://attacker.example".into())
+            }),
+            ("token_endpoint_auth_method", |s| {
+                s.token_endpoint_auth_method = Some(TokenAuthMethod::ClientSecretPost)
+            }),
+        ];
+        for (field, set) in overrides {
+            let mut conn = base.clone();
+            set(&mut conn);
+            for provider in [Provider::Generic, Provider::Google] {
+                let err = resolve(ResolveInput {
+                    provider,
+                    settings: &conn,
+                    registered_client: Some((&reg, Some(SecretString::from("reg-secret")))),
+                    inline_secret: None,
+                    discovered: None,
+                    default_redirect_uri: "https://cb",
+                })
+                .unwrap_err();
+                assert!(
+                    matches!(&err, DomainError::InvalidConfig { field: f, .. } if f == &format!("oauth2_config.{field}")),
+                    "{field}: {err:?}"
+                );
+            }
+        }
+        // An inline secret beside a registration is refused too.
+        let err = resolve(ResolveInput {
+            provider: Provider::Generic,
+            settings: &base,
+            registered_client: Some((&reg, Some(SecretString::from("reg-secret")))),
+            inline_secret: Some(SecretString::from("mine")),
+            discovered: None,
+            default_redirect_uri: "https://cb",
+        })
+        .unwrap_err();
+        assert!(matches!(err, DomainError::InvalidConfig { .. }), "{err:?}");
+        // Untouched, the registration's endpoints and secret go together.
+        let r = resolve(ResolveInput {
+            provider: Provider::Generic,
+            settings: &base,
+            registered_client: Some((&reg, Some(SecretString::from("reg-secret")))),
+            inline_secret: None,
+            discovered: None,
+            default_redirect_uri: "https://cb",
+        })
+        .unwrap();
+        assert_eq!(r.token_endpoint, "https://idp.example/token");
+        assert_eq!(
+            r.client.client_secret.unwrap().expose_secret(),
+            "reg-secret"
+        );
+    }
+
+    #[test]
+    fn iss_without_a_known_issuer_must_share_the_authorization_endpoints_origin() {
+        let endpoint = "https://idp.example/oauth/authorize";
+        let table: &[(&str, bool)] = &[
+            ("https://idp.example", true),
+            ("https://idp.example/", true),
+            ("https://idp.example/tenant/v2", true),
+            ("https://IDP.example:443", true),
+            ("https://idp.example:8443", false),
+            ("http://idp.example", false),
+            ("https://evil.example", false),
+            ("https://idp.example.evil.example", false),
+            ("https://evil.example/https://idp.example", false),
+            ("idp.example", false),
+            ("", false),
+            ("data:text/plain,x", false),
+        ];
+        for (iss, want) in table {
+            assert_eq!(
+                iss_matches_authorization_endpoint(iss, endpoint),
+                *want,
+                "{iss}"
+            );
+        }
+        assert!(iss_matches_authorization_endpoint(
+            "http://127.0.0.1:4000",
+            "http://127.0.0.1:4000/auth"
+        ));
+        assert!(!iss_matches_authorization_endpoint(
+            "http://127.0.0.1:4001",
+            "http://127.0.0.1:4000/auth"
+        ));
     }
 
     #[test]

@@ -41,15 +41,22 @@ pub(crate) fn parse_document(
     issuer: &str,
     check_url: impl Fn(&str) -> Result<Url, OAuthError>,
 ) -> Result<DiscoveredMetadata, OAuthError> {
-    // Discovery documents hold no secrets, so serde's message may be shown.
-    let doc: Document = serde_json::from_slice(body)
-        .map_err(|e| OAuthError::Protocol(format!("the discovery document is not valid: {e}")))?;
+    // serde's message quotes the document; where the error is is enough, and says
+    // nothing about what answered there.
+    let doc: Document = serde_json::from_slice(body).map_err(|e| {
+        OAuthError::Protocol(format!(
+            "the discovery document is not valid metadata JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })?;
     let doc_issuer = doc.issuer.unwrap_or_default();
     // Exact comparison (RFC 8414 §3.3): a document naming another issuer may be an
     // attacker's, and trusting it would open the mix-up attack.
     if doc_issuer != issuer {
         return Err(OAuthError::Protocol(format!(
-            "the discovery document names issuer {doc_issuer:?}, not {issuer:?}"
+            "the discovery document names another issuer ({:?}), not {issuer:?}",
+            excerpt(&doc_issuer)
         )));
     }
     let required = |v: Option<String>, name: &str| {
@@ -85,6 +92,15 @@ pub(crate) fn parse_document(
     })
 }
 
+/// At most 100 characters of remote text, without control characters.
+fn excerpt(text: &str) -> String {
+    let mut out: String = text.chars().filter(|c| !c.is_control()).take(100).collect();
+    if text.chars().count() > 100 {
+        out.push('…');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +128,26 @@ mod tests {
             ]
         );
         assert!(metadata_urls(&Url::parse("https://i/?a=b").unwrap()).is_err());
+    }
+
+    #[test]
+    fn remote_text_is_not_echoed_beyond_a_short_clean_excerpt() {
+        let ok = |u: &str| Url::parse(u).map_err(|_| OAuthError::Protocol("bad".into()));
+        let e = parse_document(
+            b"{\"issuer\": 5, \"secret-looking\": \"banner\"}",
+            "https://i",
+            ok,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains("banner") && !e.contains("integer"), "{e}");
+        assert!(e.contains("line 1"), "{e}");
+        let long = format!("https://evil\n{}", "x".repeat(5000));
+        let body = serde_json::to_vec(&serde_json::json!({"issuer": long})).unwrap();
+        let e = parse_document(&body, "https://i", ok)
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 300, "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 }

@@ -2,19 +2,25 @@
 //!
 //! The [`ProviderClient`] adapter: token requests through the `oauth2` crate, everything
 //! else (revocation, userinfo, discovery) directly on reqwest, all of it under one
-//! outbound policy: https only (loopback excepted on request), timeouts, no redirects,
-//! bounded bodies, and failures classified for the refresh engine.
+//! outbound policy: https only (loopback excepted on request), public addresses only
+//! (checked on the resolved address that is connected to), no proxy, timeouts, no
+//! redirects, bounded bodies, and failures classified for the refresh engine.
 
 mod discovery;
 mod errors;
+mod resolve;
 mod token;
 mod transport;
 
+pub use crate::resolve::{HostLookup, LookupFuture, SystemLookup};
+
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use latchkey_domain::config::is_loopback;
+use latchkey_domain::net::{AddressRules, IpNet};
 use latchkey_domain::oauth::{ClientCredentials, DiscoveredMetadata, TokenResponse};
 use latchkey_domain::provider::TokenAuthMethod;
 use latchkey_ports::{CodeExchange, OAuthError, ProviderClient, RefreshExchange, Revocation};
@@ -30,6 +36,7 @@ use url::form_urlencoded;
 use url::Url;
 
 use crate::errors::{auth_param, classify, oauth_error_in, token_error, Redactor, WireError};
+use crate::resolve::{check_literal, PolicyResolver};
 use crate::token::WireToken;
 use crate::transport::{display_url, Fetched, Transport};
 
@@ -41,8 +48,10 @@ const FORM: &str = "application/x-www-form-urlencoded";
 /// How Latchkey talks to the outside world.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboundPolicy {
-    /// Permit plain `http://` to loopback addresses (tests, local development).
+    /// Permit loopback addresses, and plain `http://` to them (tests, local development).
     pub allow_insecure_loopback: bool,
+    /// Non-public ranges that may be connected to (an internal identity provider).
+    pub private_networks: Vec<IpNet>,
     /// Whole-request deadline, connection included.
     pub timeout: Duration,
     pub connect_timeout: Duration,
@@ -53,6 +62,7 @@ impl Default for OutboundPolicy {
     fn default() -> Self {
         Self {
             allow_insecure_loopback: false,
+            private_networks: Vec::new(),
             timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(5),
             user_agent: concat!("latchkey/", env!("CARGO_PKG_VERSION")).to_owned(),
@@ -70,6 +80,7 @@ pub struct ClientBuildError(#[from] reqwest::Error);
 pub struct HttpProviderClient {
     transport: Transport,
     allow_insecure_loopback: bool,
+    rules: AddressRules,
 }
 
 /// The `oauth2` client shape we use: only the token endpoint is set.
@@ -88,7 +99,26 @@ type TokenClient = oauth2::Client<
 
 impl HttpProviderClient {
     pub fn new(settings: OutboundPolicy) -> Result<Self, ClientBuildError> {
+        Self::with_lookup(settings, Arc::new(SystemLookup))
+    }
+
+    /// A client that resolves host names with `lookup` (then checks every address it
+    /// answers, as always).
+    pub fn with_lookup(
+        settings: OutboundPolicy,
+        lookup: Arc<dyn HostLookup>,
+    ) -> Result<Self, ClientBuildError> {
+        let rules = AddressRules {
+            allow_loopback: settings.allow_insecure_loopback,
+            allowed_networks: settings.private_networks.clone(),
+        };
         let http = reqwest::Client::builder()
+            .dns_resolver(Arc::new(PolicyResolver {
+                lookup,
+                rules: rules.clone(),
+            }))
+            // A proxy would resolve and connect on our behalf, out of the resolver's sight.
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .referer(false)
             .timeout(settings.timeout)
@@ -103,8 +133,12 @@ impl HttpProviderClient {
             .pool_max_idle_per_host(0)
             .build()?;
         Ok(Self {
-            transport: Transport { http },
+            transport: Transport {
+                http,
+                rules: rules.clone(),
+            },
             allow_insecure_loopback: settings.allow_insecure_loopback,
+            rules,
         })
     }
 
@@ -113,10 +147,12 @@ impl HttpProviderClient {
         let u = Url::parse(raw)
             .map_err(|e| OAuthError::InsecureUrl(format!("an invalid URL ({e})")))?;
         match u.scheme() {
-            "https" => Ok(u),
-            "http" if self.allow_insecure_loopback && is_loopback(&u) => Ok(u),
-            _ => Err(OAuthError::InsecureUrl(display_url(&u))),
+            "https" => {}
+            "http" if self.allow_insecure_loopback && is_loopback(&u) => {}
+            _ => return Err(OAuthError::InsecureUrl(display_url(&u))),
         }
+        check_literal(&self.rules, &u)?;
+        Ok(u)
     }
 
     fn token_client(

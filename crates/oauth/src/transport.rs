@@ -6,12 +6,14 @@ use std::future::Future;
 use std::pin::Pin;
 
 use chrono::Duration;
+use latchkey_domain::net::AddressRules;
 use latchkey_ports::OAuthError;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
 use url::Url;
 
 use crate::errors::oauth_error_in;
+use crate::resolve::{check_literal, refused, AddressRefused};
 
 /// Largest response body we read. Token, userinfo and discovery answers are a few KiB;
 /// anything bigger is not OAuth and must not exhaust memory.
@@ -29,19 +31,23 @@ pub(crate) struct Fetched {
 #[derive(Debug, Clone)]
 pub(crate) struct Transport {
     pub http: reqwest::Client,
+    /// Checked here for address literals, which reqwest connects to without resolving.
+    pub rules: AddressRules,
 }
 
 impl Transport {
     /// Sends `request`. Network failures, timeouts, 5xx and 429 come back as
     /// `Transient`; redirects and oversized bodies as `Protocol`.
     pub(crate) async fn execute(&self, request: reqwest::Request) -> Result<Fetched, OAuthError> {
-        let endpoint = display_url(request.url());
+        let url = request.url().clone();
+        check_literal(&self.rules, &url)?;
+        let endpoint = display_url(&url);
         let method = request.method().clone();
         let mut response = self
             .http
             .execute(request)
             .await
-            .map_err(|e| network_error(&endpoint, &e))?;
+            .map_err(|e| network_error(&url, &e))?;
         let status = response.status();
         tracing::debug!(%method, %endpoint, %status, "provider answered");
         if status.is_redirection() {
@@ -73,7 +79,7 @@ impl Transport {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| network_error(&endpoint, &e))?
+            .map_err(|e| network_error(&url, &e))?
         {
             if body.len() + chunk.len() > MAX_BODY_BYTES {
                 return Err(too_big());
@@ -137,29 +143,54 @@ pub(crate) fn display_url(u: &Url) -> String {
     format!("{}{}", u.origin().ascii_serialization(), u.path())
 }
 
-fn network_error(endpoint: &str, e: &reqwest::Error) -> OAuthError {
+/// Names the class of a failure (refused address, timeout, TLS, unreachable) without
+/// the underlying error's text: that would tell whoever chose the URL what answers at
+/// an address (a port scanner's oracle).
+fn network_error(url: &Url, e: &reqwest::Error) -> OAuthError {
+    let endpoint = display_url(url);
+    if let Some(r) = sources(e).find_map(|s| s.downcast_ref::<AddressRefused>()) {
+        return refused(url, r);
+    }
     let what = if e.is_timeout() {
         "timed out"
+    } else if e.is_connect() && is_tls_failure(e) {
+        "TLS handshake failed"
     } else if e.is_connect() {
-        "could not connect"
+        "unreachable"
     } else if e.is_body() || e.is_decode() {
-        "failed while reading the answer"
+        "the connection failed while reading the answer"
     } else {
-        "request failed"
+        "the request failed"
     };
-    // reqwest's own text names the full URL; the source chain names the cause without it.
-    let mut reason = format!("{endpoint}: {what}");
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !reason.ends_with(&text) {
-            reason.push_str(": ");
-            reason.push_str(&text);
-        }
-        source = s.source();
-    }
     OAuthError::Transient {
-        reason,
+        reason: format!("{endpoint}: {what}"),
         retry_after: None,
     }
+}
+
+/// The causes of `e`, outermost first.
+fn sources<'a>(
+    e: &'a reqwest::Error,
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(e.source(), |s: &&(dyn std::error::Error + 'static)| {
+        (*s).source()
+    })
+}
+
+/// rustls reports handshake and certificate failures as `InvalidData` I/O errors, which
+/// reqwest nests inside another I/O error (whose `source()` skips it, hence `get_ref`).
+fn is_tls_failure(e: &reqwest::Error) -> bool {
+    sources(e).any(|s| {
+        let mut io = s.downcast_ref::<std::io::Error>();
+        while let Some(err) = io {
+            if err.kind() == std::io::ErrorKind::InvalidData {
+                return true;
+            }
+            io = err
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<std::io::Error>());
+        }
+        let text = s.to_string().to_ascii_lowercase();
+        text.contains("certificate") || text.contains("tls") || text.contains("handshake")
+    })
 }

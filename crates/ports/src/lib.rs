@@ -438,6 +438,10 @@ pub enum OAuthError {
     /// The URL is not allowed by the outbound policy (https required).
     #[error("refused to call {0}: https is required")]
     InsecureUrl(String),
+    /// The address behind a URL is not allowed by the outbound policy (loopback, private,
+    /// link-local, ...): refused before any connection to it.
+    #[error("refused to connect to {0}")]
+    AddressNotAllowed(String),
 }
 
 fn describe(d: &Option<String>) -> String {

@@ -6,6 +6,7 @@ use serde_json::json;
 
 use latchkey_app::AppError;
 use latchkey_domain::DomainError;
+use latchkey_ports::OAuthError;
 
 /// An API error: a status, a stable code, and a message safe to show.
 #[derive(Debug)]
@@ -108,6 +109,12 @@ impl From<AppError> for ApiError {
                     let field = field.clone();
                     ApiError::new(S::BAD_REQUEST, "invalid_field", d.to_string()).with_field(field)
                 }
+                DomainError::InvalidConfig { .. } => {
+                    ApiError::new(S::BAD_REQUEST, "invalid_config", d.to_string())
+                }
+                DomainError::AddressNotAllowed { .. } => {
+                    ApiError::new(S::BAD_REQUEST, "address_not_allowed", d.to_string())
+                }
             },
             AppError::NotFound(what) => ApiError::not_found(what),
             AppError::Forbidden(m) => ApiError::new(S::FORBIDDEN, "forbidden", m),
@@ -120,6 +127,11 @@ impl From<AppError> for ApiError {
             AppError::InUse(m) => ApiError::new(S::CONFLICT, "in_use", m),
             AppError::LimitReached(m) => ApiError::new(S::CONFLICT, "limit_reached", m),
             AppError::State { code, message } => ApiError::new(S::CONFLICT, code, message),
+            // Found only when connecting (a name resolving inside, a discovered endpoint):
+            // the provider's setup is at fault, not the request.
+            AppError::Provider(p @ OAuthError::AddressNotAllowed(_)) => {
+                ApiError::new(S::BAD_GATEWAY, "address_not_allowed", p.to_string())
+            }
             AppError::Provider(p) => ApiError::new(S::BAD_GATEWAY, "provider_error", p.to_string()),
             AppError::ProviderUnavailable {
                 message,
