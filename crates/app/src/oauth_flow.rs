@@ -191,10 +191,12 @@ impl Latchkey {
             }
             None => None,
         };
-        let issuer = settings
-            .issuer
-            .clone()
-            .or_else(|| registered.as_ref().and_then(|(r, _)| r.issuer.clone()));
+        // On a registration, only the registration's issuer is discovered: the
+        // connection's own (refused by resolve below) must not even be fetched.
+        let issuer = match &registered {
+            Some((r, _)) => r.issuer.clone(),
+            None => settings.issuer.clone(),
+        };
         let discovered = match (&issuer, provider) {
             (Some(iss), Provider::Generic) => Some(self.discovered(iss).await?),
             _ => None,
