@@ -4,6 +4,8 @@
 //! server is refused on the callback when no issuer is known. The provider is a mockall
 //! mock: every call it gets is an expectation, so a refusal must make none.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 mod support;
 
 use std::sync::{Arc, Mutex};
