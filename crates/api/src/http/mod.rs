@@ -375,7 +375,7 @@ fn required<T>(v: Option<T>, field: &str) -> Result<T> {
     request_body = CreateConnectionBody,
     responses(
         (status = 201, description = "Created.", body = schema::ConnectionData),
-        (status = 400, description = "Invalid body. Codes: invalid_json, invalid_body, missing_field, invalid_field, invalid_id, unknown_type.", body = schema::ErrorBody),
+        (status = 400, description = "Invalid body, or a config that is refused. Codes: invalid_json, invalid_body, missing_field, invalid_field, invalid_id, unknown_type, invalid_config (a field the connection may not set on a registered client, the deployment's app or a catalog provider), address_not_allowed (a URL naming a non-public address).", body = schema::ErrorBody),
         (status = 413, description = "Body over 64 KiB. Codes: payload_too_large.", body = schema::ErrorBody),
         (status = 415, description = "Body not sent as application/json. Codes: unsupported_media_type.", body = schema::ErrorBody),
         (status = 401, description = "No, an unknown or a revoked bearer token. Codes: unauthorized.", body = schema::ErrorBody),
@@ -601,7 +601,7 @@ struct CredentialsQuery {
         (status = 403, description = "The key lacks the scope, or the operation is admin-only. Codes: forbidden.", body = schema::ErrorBody),
         (status = 404, description = "No such connection (or not visible to this key). Codes: not_found.", body = schema::ErrorBody),
         (status = 409, description = "The connection cannot hand out credentials now. Codes: connection_incomplete, connection_expired.", body = schema::ErrorBody),
-        (status = 502, description = "A due refresh failed at the provider. Codes: provider_error.", body = schema::ErrorBody),
+        (status = 502, description = "A due refresh failed at the provider. Codes: provider_error, address_not_allowed (the provider's name resolved to a non-public address).", body = schema::ErrorBody),
         (status = 503, description = "The access token has lapsed and the provider keeps failing (network, 5xx, 429); retry after the `Retry-After` seconds. The grant is kept. Codes: provider_unavailable.", body = schema::ErrorBody)
     ),
     security(("bearer" = []))
@@ -688,8 +688,8 @@ async fn events(
         (status = 403, description = "The key lacks the scope, or the operation is admin-only. Codes: forbidden.", body = schema::ErrorBody),
         (status = 404, description = "No such connection (or not visible to this key). Codes: not_found.", body = schema::ErrorBody),
         (status = 409, description = "The connection cannot be authorized. Codes: not_oauth, oauth2_client_missing, illegal_transition.", body = schema::ErrorBody),
-        (status = 400, description = "The OAuth settings are incomplete. Codes: invalid_field.", body = schema::ErrorBody),
-        (status = 502, description = "Discovery at the issuer failed. Codes: provider_error.", body = schema::ErrorBody)
+        (status = 400, description = "The OAuth settings are incomplete or refused. Codes: invalid_field, invalid_config.", body = schema::ErrorBody),
+        (status = 502, description = "Discovery at the issuer failed. Codes: provider_error, address_not_allowed (the issuer resolved to, or its document named, a non-public address).", body = schema::ErrorBody)
     ),
     security(("bearer" = []))
 )]
@@ -854,7 +854,7 @@ impl std::fmt::Debug for CreateClientBody {
     request_body = CreateClientBodyDoc,
     responses(
         (status = 201, description = "Registered.", body = schema::OAuthClientData),
-        (status = 400, description = "Invalid body. Codes: invalid_json, invalid_body, missing_field, invalid_field, invalid_id, unknown_type.", body = schema::ErrorBody),
+        (status = 400, description = "Invalid body, or a config that is refused. Codes: invalid_json, invalid_body, missing_field, invalid_field, invalid_id, unknown_type, invalid_config, address_not_allowed (a URL naming a non-public address).", body = schema::ErrorBody),
         (status = 413, description = "Body over 64 KiB. Codes: payload_too_large.", body = schema::ErrorBody),
         (status = 415, description = "Body not sent as application/json. Codes: unsupported_media_type.", body = schema::ErrorBody),
         (status = 401, description = "No, an unknown or a revoked bearer token. Codes: unauthorized.", body = schema::ErrorBody),
