@@ -192,6 +192,11 @@ async fn no_registered_or_deployment_secret_reaches_an_endpoint_the_creator_chos
             "invalid_config",
             &format!("config.oauth2_config.{field}"),
         );
+        assert_eq!(
+            v["error"]["field"],
+            format!("config.oauth2_config.{field}"),
+            "{v}"
+        );
     }
     // The deployment's Google app: no endpoint, issuer or redirect of the creator's.
     for (field, value) in &overrides[..7] {

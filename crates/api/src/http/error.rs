@@ -109,11 +109,14 @@ impl From<AppError> for ApiError {
                     let field = field.clone();
                     ApiError::new(S::BAD_REQUEST, "invalid_field", d.to_string()).with_field(field)
                 }
-                DomainError::InvalidConfig { .. } => {
-                    ApiError::new(S::BAD_REQUEST, "invalid_config", d.to_string())
+                DomainError::InvalidConfig { ref field, .. } => {
+                    let field = field.clone();
+                    ApiError::new(S::BAD_REQUEST, "invalid_config", d.to_string()).with_field(field)
                 }
-                DomainError::AddressNotAllowed { .. } => {
+                DomainError::AddressNotAllowed { ref field, .. } => {
+                    let field = field.clone();
                     ApiError::new(S::BAD_REQUEST, "address_not_allowed", d.to_string())
+                        .with_field(field)
                 }
             },
             AppError::NotFound(what) => ApiError::not_found(what),
