@@ -874,6 +874,9 @@ async fn an_access_key_sees_its_project_works_by_keyboard_and_a_401_returns_to_s
             .unwrap();
         assert_eq!(r.status().as_u16(), 200);
     }
+    // The list is not ordered by name, so Key 00 may be on either page: find it by name.
+    b.fill("Search by name", "Key 00").await.unwrap();
+    wait_rows(&b, &["Key 00"]).await;
     b.click_text("a", "Key 00").await.unwrap();
     b.wait_with_text("h1", "Key 00").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
