@@ -208,6 +208,8 @@ impl Server {
             .env("LATCHKEY_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
             .env("LATCHKEY_ADMIN_TOKEN", ADMIN)
             .env("LATCHKEY_ALLOW_INSECURE_LOOPBACK", "true")
+            // The 100,000-connection part stores them in one project, past the default cap.
+            .env("LATCHKEY_MAX_CONNECTIONS_PER_PROJECT", "1000000")
             // Warnings only: a log line per request would be measured too.
             .env("LATCHKEY_LOG", "warn")
             .stdin(Stdio::null())
