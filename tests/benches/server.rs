@@ -210,6 +210,12 @@ impl Server {
             .env("LATCHKEY_ALLOW_INSECURE_LOOPBACK", "true")
             // The 100,000-connection part stores them in one project, past the default cap.
             .env("LATCHKEY_MAX_CONNECTIONS_PER_PROJECT", "1000000")
+            // PostgreSQL requires configured keys (a generated key file is per replica). A
+            // fixed, bench-only key: 32 bytes of 0x42.
+            .env(
+                "LATCHKEY_MASTER_KEYS",
+                "bench:QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=",
+            )
             // Warnings only: a log line per request would be measured too.
             .env("LATCHKEY_LOG", "warn")
             .stdin(Stdio::null())
