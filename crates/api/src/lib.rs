@@ -209,13 +209,11 @@ pub fn wire_with_cache(
     })
     .context("building the HTTP client for OAuth providers")?;
     let store_arc = Arc::new(store.clone());
-    let cache = Arc::new(CachedStore::new(
-        store_arc.clone(),
-        store_arc.clone(),
-        DEFAULT_CACHE_CAPACITY,
-    ));
+    let cache = Arc::new(CachedStore::new(store_arc.clone(), DEFAULT_CACHE_CAPACITY));
     let svc = Services {
         connections: cache.clone(),
+        activity: cache.clone(),
+        leases: cache.clone(),
         sessions: store_arc.clone(),
         clients: store_arc,
         keys: cache.clone(),

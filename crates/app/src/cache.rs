@@ -28,8 +28,8 @@ use latchkey_domain::{
     ProjectId, RefreshSchedule, Usage,
 };
 use latchkey_ports::{
-    AccessKeyStore, Change, ChangeFeed, ConnectionQuery, ConnectionStore, EventPage, EventQuery,
-    StoreError,
+    AccessKeyStore, ActivityStore, Change, ChangeFeed, ConnectionQuery, ConnectionStore, EventPage,
+    EventQuery, RefreshLeaseStore, StoreError,
 };
 
 /// How many connections (and, separately, access keys) are kept at most. Beyond it an
@@ -46,9 +46,13 @@ struct CacheState {
     keys: HashMap<AccessKeyId, AccessKey>,
 }
 
-/// The caching decorator of [`ConnectionStore`] and [`AccessKeyStore`].
+/// The caching decorator of [`ConnectionStore`] and [`AccessKeyStore`]. It also
+/// decorates [`ActivityStore`] and [`RefreshLeaseStore`], whose writes change a cached
+/// connection (its `last_used_at`, its lease and grant), to drop what they wrote.
 pub struct CachedStore {
     connections: Arc<dyn ConnectionStore>,
+    activity: Arc<dyn ActivityStore>,
+    leases: Arc<dyn RefreshLeaseStore>,
     keys: Arc<dyn AccessKeyStore>,
     capacity: usize,
     state: RwLock<CacheState>,
@@ -87,14 +91,15 @@ fn insert_bounded<K: std::hash::Hash + Eq + Copy, V>(
 impl CachedStore {
     /// A cache in front of the stores, not serving until [`CachedStore::follow`] has
     /// heard the feed's first `Resync` (or [`CachedStore::serve_without_feed`] is called).
-    pub fn new(
-        connections: Arc<dyn ConnectionStore>,
-        keys: Arc<dyn AccessKeyStore>,
-        capacity: usize,
-    ) -> Self {
+    pub fn new<S>(store: Arc<S>, capacity: usize) -> Self
+    where
+        S: ConnectionStore + ActivityStore + RefreshLeaseStore + AccessKeyStore + 'static,
+    {
         Self {
-            connections,
-            keys,
+            connections: store.clone(),
+            activity: store.clone(),
+            leases: store.clone(),
+            keys: store,
             capacity: capacity.max(1),
             state: RwLock::default(),
         }
@@ -257,14 +262,17 @@ impl ConnectionStore for CachedStore {
         self.invalidate_connection(id);
         r
     }
+}
 
+#[async_trait]
+impl ActivityStore for CachedStore {
     async fn record_usage(
         &self,
         id: ConnectionId,
         flow: Option<FlowId>,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let r = self.connections.record_usage(id, flow, at).await;
+        let r = self.activity.record_usage(id, flow, at).await;
         self.invalidate_connection(id);
         r
     }
@@ -274,7 +282,7 @@ impl ConnectionStore for CachedStore {
         last_used: &[(ConnectionId, DateTime<Utc>)],
         flows: &[Usage],
     ) -> Result<(), StoreError> {
-        let r = self.connections.record_usages(last_used, flows).await;
+        let r = self.activity.record_usages(last_used, flows).await;
         // last_used_at changed: drop them so a read shows the stored time.
         let mut s = self.write();
         s.generation += 1;
@@ -285,11 +293,11 @@ impl ConnectionStore for CachedStore {
     }
 
     async fn list_usages(&self, id: ConnectionId, limit: u32) -> Result<Vec<Usage>, StoreError> {
-        self.connections.list_usages(id, limit).await
+        self.activity.list_usages(id, limit).await
     }
 
     async fn count_usages(&self, id: ConnectionId) -> Result<u64, StoreError> {
-        self.connections.count_usages(id).await
+        self.activity.count_usages(id).await
     }
 
     async fn list_events(
@@ -297,24 +305,27 @@ impl ConnectionStore for CachedStore {
         id: ConnectionId,
         query: &EventQuery,
     ) -> Result<EventPage, StoreError> {
-        self.connections.list_events(id, query).await
+        self.activity.list_events(id, query).await
     }
 
     /// Events and usages are not cached: nothing to drop.
     async fn purge_events(&self, before: DateTime<Utc>, batch: u32) -> Result<u64, StoreError> {
-        self.connections.purge_events(before, batch).await
+        self.activity.purge_events(before, batch).await
     }
 
     async fn purge_usages(&self, before: DateTime<Utc>, batch: u32) -> Result<u64, StoreError> {
-        self.connections.purge_usages(before, batch).await
+        self.activity.purge_usages(before, batch).await
     }
+}
 
+#[async_trait]
+impl RefreshLeaseStore for CachedStore {
     async fn due_for_refresh(
         &self,
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<ConnectionId>, StoreError> {
-        self.connections.due_for_refresh(now, limit).await
+        self.leases.due_for_refresh(now, limit).await
     }
 
     async fn past_expiry(
@@ -322,7 +333,7 @@ impl ConnectionStore for CachedStore {
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<ConnectionId>, StoreError> {
-        self.connections.past_expiry(now, limit).await
+        self.leases.past_expiry(now, limit).await
     }
 
     async fn claim_refresh(
@@ -331,7 +342,7 @@ impl ConnectionStore for CachedStore {
         lease: &Lease,
         now: DateTime<Utc>,
     ) -> Result<Option<Connection>, StoreError> {
-        let r = self.connections.claim_refresh(id, lease, now).await;
+        let r = self.leases.claim_refresh(id, lease, now).await;
         self.invalidate_connection(id);
         r
     }
@@ -346,7 +357,7 @@ impl ConnectionStore for CachedStore {
         updated_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let r = self
-            .connections
+            .leases
             .save_refreshed_grant(id, owner, expected_version, grant, schedule, updated_at)
             .await;
         self.invalidate_connection(id);
@@ -362,7 +373,7 @@ impl ConnectionStore for CachedStore {
         last_error: Option<String>,
     ) -> Result<bool, StoreError> {
         let r = self
-            .connections
+            .leases
             .release_refresh(id, owner, expected_version, schedule, last_error)
             .await;
         self.invalidate_connection(id);
@@ -370,7 +381,7 @@ impl ConnectionStore for CachedStore {
     }
 
     async fn drop_lease(&self, id: ConnectionId, owner: &str) -> Result<bool, StoreError> {
-        let r = self.connections.drop_lease(id, owner).await;
+        let r = self.leases.drop_lease(id, owner).await;
         self.invalidate_connection(id);
         r
     }

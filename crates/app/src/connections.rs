@@ -293,12 +293,12 @@ impl Latchkey {
     ) -> Result<ConnectionDetails, AppError> {
         principal.require(Scope::ConnectionsRead)?;
         let mut connection = self.visible_connection(principal, id).await?;
-        let mut used_by = self.svc.connections.list_usages(id, USED_BY_LIMIT).await?;
+        let mut used_by = self.svc.activity.list_usages(id, USED_BY_LIMIT).await?;
         // Counted only when the list may be cut short: below the limit it is complete.
         let mut used_by_total = if used_by.len() < USED_BY_LIMIT as usize {
             used_by.len() as u64
         } else {
-            self.svc.connections.count_usages(id).await?
+            self.svc.activity.count_usages(id).await?
         };
         // Use not yet flushed: flows new to the list add to the total (a flow beyond the
         // listed ones may be counted twice until the flush).
@@ -493,7 +493,7 @@ impl Latchkey {
             };
             if self
                 .svc
-                .connections
+                .leases
                 .claim_refresh(c.id, &lease, now)
                 .await?
                 .is_some()
@@ -528,7 +528,7 @@ impl Latchkey {
         self.visible_connection(principal, id).await?;
         Ok(self
             .svc
-            .connections
+            .activity
             .list_events(id, &EventQuery { after, limit })
             .await?)
     }
@@ -542,14 +542,14 @@ impl Latchkey {
         let before = self.now() - self.settings.event_retention;
         let mut purged = 0;
         for _ in 0..MAX_BATCHES {
-            let n = self.svc.connections.purge_events(before, BATCH).await?;
+            let n = self.svc.activity.purge_events(before, BATCH).await?;
             purged += n;
             if n < u64::from(BATCH) {
                 break;
             }
         }
         for _ in 0..MAX_BATCHES {
-            let n = self.svc.connections.purge_usages(before, BATCH).await?;
+            let n = self.svc.activity.purge_usages(before, BATCH).await?;
             purged += n;
             if n < u64::from(BATCH) {
                 break;

@@ -24,8 +24,8 @@ use secrecy::SecretString;
 
 use latchkey_domain::{EventId, Provider, RefreshPolicy, UrlPolicy};
 use latchkey_ports::{
-    AccessKeyStore, AuthSessionStore, Cipher, Clock, ConnectionStore, Entropy, OAuthClientStore,
-    ProviderClient,
+    AccessKeyStore, ActivityStore, AuthSessionStore, Cipher, Clock, ConnectionStore, Entropy,
+    OAuthClientStore, ProviderClient, RefreshLeaseStore,
 };
 
 pub use access::{constant_time_eq, IssuedKey, Principal};
@@ -39,10 +39,15 @@ pub use error::{AppError, CallbackError, INTERNAL_ERROR_MESSAGE};
 pub use oauth_flow::{CallbackOutcome, CallbackParams};
 pub use refresh::{CycleReport, RefreshOutcome, RefreshTotals};
 
-/// The ports, as wired by the binary.
+/// The ports, as wired by the binary. The store ports are separate so that a test mocks
+/// only the concern it is about; one adapter usually backs them all.
 #[derive(Clone)]
 pub struct Services {
     pub connections: Arc<dyn ConnectionStore>,
+    /// Events and usages.
+    pub activity: Arc<dyn ActivityStore>,
+    /// The refresh queue and its leases.
+    pub leases: Arc<dyn RefreshLeaseStore>,
     pub sessions: Arc<dyn AuthSessionStore>,
     pub clients: Arc<dyn OAuthClientStore>,
     pub keys: Arc<dyn AccessKeyStore>,

@@ -202,7 +202,7 @@ impl Latchkey {
         for _ in 0..3 {
             match self
                 .svc
-                .connections
+                .leases
                 .release_refresh(id, owner, version, schedule, error.clone())
                 .await
             {
@@ -239,7 +239,7 @@ impl Latchkey {
     }
 
     async fn drop_lease(&self, id: ConnectionId, owner: &str) {
-        if let Err(e) = self.svc.connections.drop_lease(id, owner).await {
+        if let Err(e) = self.svc.leases.drop_lease(id, owner).await {
             tracing::warn!(connection = %id, error = %e, "could not release the refresh lease; it lapses by itself");
         }
     }
@@ -287,7 +287,7 @@ impl Latchkey {
                 owner: owner.to_owned(),
                 until: now + policy.lease,
             };
-            let Some(claimed) = self.svc.connections.claim_refresh(id, &lease, now).await? else {
+            let Some(claimed) = self.svc.leases.claim_refresh(id, &lease, now).await? else {
                 return Ok(RefreshOutcome::Busy);
             };
             if claimed.config != pre.config
@@ -551,7 +551,7 @@ impl Latchkey {
             }
             match self
                 .svc
-                .connections
+                .leases
                 .save_refreshed_grant(claimed.id, owner, version, grant, schedule, self.now())
                 .await
             {
@@ -662,7 +662,7 @@ impl Latchkey {
             .settings
             .refresh_batch
             .saturating_add(u32::try_from(busy).unwrap_or(u32::MAX));
-        let ids = self.svc.connections.due_for_refresh(now, limit).await?;
+        let ids = self.svc.leases.due_for_refresh(now, limit).await?;
         let mut started = Vec::new();
         for id in ids {
             if started.len() >= self.settings.refresh_batch as usize {
@@ -797,7 +797,7 @@ impl Latchkey {
             owner: owner.to_owned(),
             until: now + self.settings.refresh.lease,
         };
-        let c = match self.svc.connections.claim_refresh(id, &lease, now).await {
+        let c = match self.svc.leases.claim_refresh(id, &lease, now).await {
             Ok(Some(c)) => c,
             Ok(None) => match self.svc.connections.get_connection(id).await {
                 Ok(Some(c)) if c.refresh.lease.as_ref().is_some_and(|l| l.owner == owner) => c,
@@ -831,7 +831,7 @@ impl Latchkey {
         let now = self.now();
         let ids = self
             .svc
-            .connections
+            .leases
             .past_expiry(now, self.settings.refresh_batch)
             .await?;
         let mut expired = 0;
@@ -861,7 +861,7 @@ impl Latchkey {
                 owner: owner.clone(),
                 until: now + self.settings.refresh.lease,
             };
-            let Some(current) = self.svc.connections.claim_refresh(id, &lease, now).await? else {
+            let Some(current) = self.svc.leases.claim_refresh(id, &lease, now).await? else {
                 continue;
             };
             let still_lapsed = current.status == Status::Active

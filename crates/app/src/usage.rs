@@ -191,7 +191,7 @@ impl Latchkey {
         if n == 0 {
             return Ok(0);
         }
-        let result = self.svc.connections.record_usages(&last_used, &flows).await;
+        let result = self.svc.activity.record_usages(&last_used, &flows).await;
         let written = std::mem::take(&mut *lock(&buffer.in_flight));
         match result {
             Ok(()) => Ok(n),

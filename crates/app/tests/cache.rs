@@ -62,9 +62,11 @@ impl Cached {
 
 fn cached(capacity: usize) -> Cached {
     let p = parts(Arc::new(MockProviderClient::new()));
-    let cache = Arc::new(CachedStore::new(p.store.clone(), p.store.clone(), capacity));
+    let cache = Arc::new(CachedStore::new(p.store.clone(), capacity));
     let mut services = p.services;
     services.connections = cache.clone();
+    services.activity = cache.clone();
+    services.leases = cache.clone();
     services.keys = cache.clone();
     let (tx, rx) = mpsc::unbounded_channel();
     let feed = Arc::new(ScriptedFeed {

@@ -10,7 +10,8 @@ use serde_json::json;
 use latchkey_domain::sealed::fields;
 use latchkey_domain::{AuthSession, Grant, Lease, RefreshSchedule, SealContext, Sealed, Status};
 use latchkey_ports::{
-    AuthSessionStore, Cipher, CipherError, ConnectionStore, MockProviderClient, StoreError,
+    AuthSessionStore, Cipher, CipherError, ConnectionStore, MockProviderClient, RefreshLeaseStore,
+    StoreError,
 };
 
 use support::*;

@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{created, oauth, t, TestDb};
-use latchkey_ports::ConnectionStore;
+use latchkey_ports::{ConnectionStore, RefreshLeaseStore};
 use sea_orm::ConnectionTrait;
 
 const DUE: usize = 50;

@@ -1,7 +1,8 @@
 //! # latchkey-store
 //!
-//! The sea-orm adapter of the store ports ([`ConnectionStore`], [`AuthSessionStore`],
-//! [`OAuthClientStore`], [`AccessKeyStore`]) for SQLite and PostgreSQL.
+//! The sea-orm adapter of the store ports ([`ConnectionStore`], [`ActivityStore`],
+//! [`RefreshLeaseStore`], [`AuthSessionStore`], [`OAuthClientStore`], [`AccessKeyStore`],
+//! [`SealedValueStore`], [`ChangeFeed`]) for SQLite and PostgreSQL.
 //!
 //! Schema conventions, chosen so one schema works the same on both databases:
 //! timestamps are BIGINT unix milliseconds (exact comparisons, index friendly; values
@@ -9,13 +10,19 @@
 //! JSON values are text.
 //!
 //! [`ConnectionStore`]: latchkey_ports::ConnectionStore
+//! [`ActivityStore`]: latchkey_ports::ActivityStore
+//! [`RefreshLeaseStore`]: latchkey_ports::RefreshLeaseStore
+//! [`SealedValueStore`]: latchkey_ports::SealedValueStore
+//! [`ChangeFeed`]: latchkey_ports::ChangeFeed
 //! [`AuthSessionStore`]: latchkey_ports::AuthSessionStore
 //! [`OAuthClientStore`]: latchkey_ports::OAuthClientStore
 //! [`AccessKeyStore`]: latchkey_ports::AccessKeyStore
 
+mod activity;
 mod connections;
 mod convert;
 mod entity;
+mod leases;
 mod migration;
 mod notify;
 mod records;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use latchkey_domain::{FlowId, Usage};
-use latchkey_ports::{AccessKeyStore, Change, ChangeFeed, ConnectionStore};
+use latchkey_ports::{AccessKeyStore, ActivityStore, Change, ChangeFeed, ConnectionStore};
 use sea_orm::ConnectionTrait;
 
 macro_rules! suite {

@@ -14,8 +14,8 @@ use latchkey_domain::{
     Provider, RefreshSchedule, Sealed, Status,
 };
 use latchkey_ports::{
-    AccessKeyStore, AuthSessionStore, ConnectionQuery, ConnectionStore, EventQuery,
-    OAuthClientStore, SealedTable, SealedValueStore, StoreError,
+    AccessKeyStore, ActivityStore, AuthSessionStore, ConnectionQuery, ConnectionStore, EventQuery,
+    OAuthClientStore, RefreshLeaseStore, SealedTable, SealedValueStore, StoreError,
 };
 use latchkey_store::SeaStore;
 use sea_orm::ConnectionTrait;

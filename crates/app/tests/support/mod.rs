@@ -26,9 +26,9 @@ use latchkey_domain::{
     SealContext, Sealed, Status, Usage,
 };
 use latchkey_ports::{
-    AccessKeyStore, AuthSessionStore, Cipher, CipherError, Clock, CodeExchange, ConnectionQuery,
-    ConnectionStore, Entropy, EventPage, EventQuery, OAuthClientStore, OAuthError, ProviderClient,
-    RefreshExchange, Revocation, StoreError,
+    AccessKeyStore, ActivityStore, AuthSessionStore, Cipher, CipherError, Clock, CodeExchange,
+    ConnectionQuery, ConnectionStore, Entropy, EventPage, EventQuery, OAuthClientStore, OAuthError,
+    ProviderClient, RefreshExchange, RefreshLeaseStore, Revocation, StoreError,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -262,7 +262,10 @@ impl ConnectionStore for FakeStore {
         t.sessions.retain(|_, s| s.connection_id != id);
         Ok(existed)
     }
+}
 
+#[async_trait]
+impl ActivityStore for FakeStore {
     async fn record_usage(
         &self,
         id: ConnectionId,
@@ -418,7 +421,10 @@ impl ConnectionStore for FakeStore {
         });
         Ok((before_len - t.usages.len()) as u64)
     }
+}
 
+#[async_trait]
+impl RefreshLeaseStore for FakeStore {
     async fn due_for_refresh(
         &self,
         now: DateTime<Utc>,
@@ -1031,6 +1037,8 @@ pub fn parts(provider: Arc<dyn ProviderClient>) -> Parts {
     let entropy = Arc::new(CountingEntropy::default());
     let services = Services {
         connections: store.clone(),
+        activity: store.clone(),
+        leases: store.clone(),
         sessions: store.clone(),
         clients: store.clone(),
         keys: store.clone(),

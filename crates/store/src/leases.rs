@@ -1,0 +1,221 @@
+//! `RefreshLeaseStore`: the refresh queue and the lease that makes one refresh per grant.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use latchkey_domain::{Connection, ConnectionId, Grant, Lease, RefreshSchedule, Status};
+use latchkey_ports::{RefreshLeaseStore, StoreError};
+use sea_orm::sea_query::Expr;
+use sea_orm::ActiveValue::Set;
+use sea_orm::{
+    ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
+
+use crate::convert::{connection_from_row, grant_columns};
+use crate::entity::connections;
+use crate::time::to_millis;
+use crate::{backend, SeaStore};
+
+use connections::Column as C;
+
+/// No lease, or one that lapsed before `now`.
+fn lease_free(now_ms: i64) -> Condition {
+    Condition::any()
+        .add(C::LeaseUntil.is_null())
+        .add(C::LeaseUntil.lt(now_ms))
+}
+
+fn parse_ids(ids: Vec<String>) -> Result<Vec<ConnectionId>, StoreError> {
+    ids.into_iter()
+        .map(|id| {
+            id.parse().map_err(|_| {
+                StoreError::Backend(format!("corrupt row in connections: invalid id {id:?}"))
+            })
+        })
+        .collect()
+}
+
+#[async_trait]
+impl RefreshLeaseStore for SeaStore {
+    async fn due_for_refresh(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ConnectionId>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = to_millis(now);
+        let ids = connections::Entity::find()
+            .select_only()
+            .column(C::Id)
+            .filter(C::Status.eq(Status::Active.as_str()))
+            .filter(C::RefreshDueAt.lte(now))
+            .filter(lease_free(now))
+            // Deadline first: the token that lapses soonest. Every due row has an expiry
+            // (a due time is only set for expiring grants); NULLs sort last anyway.
+            .order_by_asc(Expr::cust("CASE WHEN expires_at IS NULL THEN 1 ELSE 0 END"))
+            .order_by_asc(C::ExpiresAt)
+            .order_by_asc(C::RefreshDueAt)
+            .order_by_asc(C::Id)
+            .limit(u64::from(limit))
+            .into_tuple::<String>()
+            .all(&self.db)
+            .await
+            .map_err(backend)?;
+        parse_ids(ids)
+    }
+
+    async fn past_expiry(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ConnectionId>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = to_millis(now);
+        let ids = connections::Entity::find()
+            .select_only()
+            .column(C::Id)
+            .filter(C::Status.eq(Status::Active.as_str()))
+            .filter(C::ExpiresAt.lte(now))
+            .filter(C::AccessToken.is_not_null())
+            .order_by_asc(C::ExpiresAt)
+            .order_by_asc(C::Id)
+            .limit(u64::from(limit))
+            .into_tuple::<String>()
+            .all(&self.db)
+            .await
+            .map_err(backend)?;
+        parse_ids(ids)
+    }
+
+    async fn claim_refresh(
+        &self,
+        id: ConnectionId,
+        lease: &Lease,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Connection>, StoreError> {
+        let id = id.to_string();
+        let now = to_millis(now);
+        let txn = self.db.begin().await.map_err(backend)?;
+        // The claim itself is one statement; the database serialises competing
+        // claimers on the row, so at most one sees a free lease. A free row is tried
+        // first, then a lapsed lease, so that taking over a crashed worker's lease is
+        // told apart (and counted).
+        let claim = |free: Condition| {
+            connections::Entity::update_many()
+                .col_expr(C::LeaseOwner, Expr::value(lease.owner.as_str()))
+                .col_expr(C::LeaseUntil, Expr::value(to_millis(lease.until)))
+                .filter(C::Id.eq(id.as_str()))
+                .filter(C::Status.eq(Status::Active.as_str()))
+                .filter(free)
+                .exec(&txn)
+        };
+        let res = claim(Condition::all().add(C::LeaseUntil.is_null()))
+            .await
+            .map_err(backend)?;
+        if res.rows_affected != 1 {
+            let res = claim(Condition::all().add(C::LeaseUntil.lt(now)))
+                .await
+                .map_err(backend)?;
+            if res.rows_affected != 1 {
+                return Ok(None);
+            }
+            metrics::counter!("latchkey_lease_takeovers_total").increment(1);
+        }
+        let row = connections::Entity::find_by_id(id)
+            .one(&txn)
+            .await
+            .map_err(backend)?;
+        txn.commit().await.map_err(backend)?;
+        row.map(connection_from_row).transpose()
+    }
+
+    async fn save_refreshed_grant(
+        &self,
+        id: ConnectionId,
+        owner: &str,
+        expected_version: i64,
+        grant: &Grant,
+        schedule: &RefreshSchedule,
+        updated_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let g = grant_columns(Some(grant));
+        let next_version = expected_version
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Backend("connection version overflow".into()))?;
+        let row = connections::ActiveModel {
+            access_token: Set(g.access_token),
+            refresh_token: Set(g.refresh_token),
+            token_type: Set(g.token_type),
+            scopes: Set(g.scopes),
+            obtained_at: Set(g.obtained_at),
+            expires_at: Set(g.expires_at),
+            refresh_due_at: Set(schedule.due_at.map(to_millis)),
+            refresh_failures: Set(i64::from(schedule.failures)),
+            lease_owner: Set(None),
+            lease_until: Set(None),
+            last_error: Set(None),
+            updated_at: Set(to_millis(updated_at)),
+            version: Set(next_version),
+            ..Default::default()
+        };
+        let res = connections::Entity::update_many()
+            .set(row)
+            .filter(C::Id.eq(id.to_string()))
+            .filter(C::Version.eq(expected_version))
+            .filter(C::LeaseOwner.eq(owner))
+            .exec(&self.db)
+            .await
+            .map_err(backend)?;
+        if res.rows_affected == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
+    }
+
+    async fn release_refresh(
+        &self,
+        id: ConnectionId,
+        owner: &str,
+        expected_version: i64,
+        schedule: &RefreshSchedule,
+        last_error: Option<String>,
+    ) -> Result<bool, StoreError> {
+        let row = connections::ActiveModel {
+            refresh_due_at: Set(schedule.due_at.map(to_millis)),
+            refresh_failures: Set(i64::from(schedule.failures)),
+            lease_owner: Set(None),
+            lease_until: Set(None),
+            last_error: Set(last_error),
+            ..Default::default()
+        };
+        let res = connections::Entity::update_many()
+            .set(row)
+            .filter(C::Id.eq(id.to_string()))
+            .filter(C::LeaseOwner.eq(owner))
+            .filter(C::Version.eq(expected_version))
+            .exec(&self.db)
+            .await
+            .map_err(backend)?;
+        Ok(res.rows_affected == 1)
+    }
+
+    async fn drop_lease(&self, id: ConnectionId, owner: &str) -> Result<bool, StoreError> {
+        let row = connections::ActiveModel {
+            lease_owner: Set(None),
+            lease_until: Set(None),
+            ..Default::default()
+        };
+        let res = connections::Entity::update_many()
+            .set(row)
+            .filter(C::Id.eq(id.to_string()))
+            .filter(C::LeaseOwner.eq(owner))
+            .exec(&self.db)
+            .await
+            .map_err(backend)?;
+        Ok(res.rows_affected == 1)
+    }
+}
