@@ -389,7 +389,9 @@ impl Latchkey {
             let mut c = self.visible_connection(principal, id).await?;
             if let Some(v) = patch.version {
                 if v != c.version {
-                    return Err(AppError::VersionConflict { current: c.version });
+                    return Err(AppError::VersionConflict {
+                        current: Some(c.version),
+                    });
                 }
             }
             let read_version = c.version;
@@ -425,8 +427,7 @@ impl Latchkey {
                         .connections
                         .get_connection(id)
                         .await?
-                        .map(|c| c.version)
-                        .unwrap_or(-1);
+                        .map(|c| c.version);
                     return Err(AppError::VersionConflict { current });
                 }
                 Err(StoreError::Duplicate(_)) => return Err(AppError::NameTaken("connection")),

@@ -12,9 +12,13 @@ pub enum AppError {
     /// The caller's key lacks a scope, or the action is admin-only.
     #[error("{0}")]
     Forbidden(String),
-    /// The record changed since the caller read it.
-    #[error("the connection was changed concurrently (version {current} is current); re-read it and retry")]
-    VersionConflict { current: i64 },
+    /// The record changed since the caller read it. `current` is the version now stored,
+    /// when the use case read it; a compare-and-set refused by the store does not say.
+    #[error(
+        "the connection was changed concurrently{}; re-read it and retry",
+        current.map(|v| format!(" (version {v} is current)")).unwrap_or_default()
+    )]
+    VersionConflict { current: Option<i64> },
     #[error("a {0} with this name already exists in the project")]
     NameTaken(&'static str),
     #[error("{0}")]
@@ -24,7 +28,7 @@ pub enum AppError {
     LimitReached(String),
     /// The action does not fit the connection's type or status.
     #[error("{message}")]
-    State { code: &'static str, message: String },
+    State { code: StateCode, message: String },
     /// The access token lapsed and the provider has not let it be refreshed yet (network
     /// errors, 5xx, 429): the grant lives on and recovers by itself. Retry after
     /// `retry_after_secs`.
@@ -41,6 +45,20 @@ pub enum AppError {
     Internal(String),
 }
 
+/// Why a connection cannot serve an action in its present type or status
+/// ([`AppError::State`]); the API answers each with its own stable code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateCode {
+    /// An OAuth connection not authorized yet.
+    ConnectionIncomplete,
+    /// A connection whose grant is dead: authorize it again.
+    ConnectionExpired,
+    /// An OAuth action on a connection of another type.
+    NotOAuth,
+    /// The connection's registered OAuth client was deleted.
+    OAuthClientMissing,
+}
+
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -50,7 +68,7 @@ impl From<StoreError> for AppError {
             StoreError::LimitReached { limit } => AppError::LimitReached(format!(
                 "the project already has {limit} connections, the most it may have; delete one first"
             )),
-            StoreError::Conflict => AppError::VersionConflict { current: -1 },
+            StoreError::Conflict => AppError::VersionConflict { current: None },
             StoreError::Backend(m) => AppError::Internal(format!("store: {m}")),
         }
     }

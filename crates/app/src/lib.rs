@@ -35,7 +35,7 @@ pub use connections::{
     ConnectionDetails, CreateConnection, Credentials, ListFilter, ListPage, UpdateConnection,
     USED_BY_LIMIT,
 };
-pub use error::{AppError, CallbackError, INTERNAL_ERROR_MESSAGE};
+pub use error::{AppError, CallbackError, StateCode, INTERNAL_ERROR_MESSAGE};
 pub use oauth_flow::{CallbackOutcome, CallbackParams};
 pub use refresh::{CycleReport, RefreshOutcome, RefreshTotals};
 

@@ -16,7 +16,7 @@ use latchkey_domain::{
 };
 use latchkey_ports::{CodeExchange, Revocation, StoreError};
 
-use crate::{AppError, CallbackError, Latchkey, Principal};
+use crate::{AppError, CallbackError, Latchkey, Principal, StateCode};
 
 /// How long a discovery document is trusted before it is fetched again.
 const DISCOVERY_TTL: Duration = Duration::hours(1);
@@ -152,7 +152,7 @@ impl Latchkey {
         c: &Connection,
     ) -> Result<ResolvedProvider, AppError> {
         let provider = c.kind.provider().ok_or_else(|| AppError::State {
-            code: "not_oauth",
+            code: StateCode::NotOAuth,
             message: format!("a {} connection has no OAuth flow", c.kind),
         })?;
         let settings = OAuthSettings::from_public_json(&c.config);
@@ -168,7 +168,7 @@ impl Latchkey {
                     .get_oauth_client(id)
                     .await?
                     .ok_or_else(|| AppError::State {
-                        code: "oauth2_client_missing",
+                        code: StateCode::OAuthClientMissing,
                         message: "the connection's OAuth client registration was deleted".into(),
                     })?;
                 let secret = client

@@ -24,7 +24,7 @@ use latchkey_domain::{
 use latchkey_ports::{OAuthError, RefreshExchange, Revocation, StoreError};
 
 use crate::connections::Credentials;
-use crate::{AppError, Latchkey};
+use crate::{AppError, Latchkey, StateCode};
 
 pub(crate) type LockMap = Mutex<HashMap<ConnectionId, Arc<tokio::sync::Mutex<()>>>>;
 
@@ -950,7 +950,7 @@ impl Latchkey {
                 match outcome {
                     Ok(RefreshOutcome::Expired(reason)) => {
                         return Err(AppError::State {
-                            code: "connection_expired",
+                            code: StateCode::ConnectionExpired,
                             message: reason,
                         })
                     }
@@ -973,7 +973,7 @@ impl Latchkey {
         if is_past_expiry(grant, now) {
             if grant.refresh_token.is_none() {
                 return Err(AppError::State {
-                    code: "connection_expired",
+                    code: StateCode::ConnectionExpired,
                     message: "the access token expired and the provider issued no refresh token; authorize the connection again".into(),
                 });
             }
@@ -1060,12 +1060,12 @@ fn check_usable(c: Connection) -> Result<Connection, AppError> {
     match c.status {
         Status::Active => Ok(c),
         Status::Incomplete => Err(AppError::State {
-            code: "connection_incomplete",
+            code: StateCode::ConnectionIncomplete,
             message: "the connection has not been authorized yet; complete its OAuth consent flow"
                 .into(),
         }),
         Status::Expired => Err(AppError::State {
-            code: "connection_expired",
+            code: StateCode::ConnectionExpired,
             message: format!(
                 "the connection is expired{}; authorize it again",
                 c.last_error

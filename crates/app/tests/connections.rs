@@ -455,7 +455,7 @@ async fn a_stale_client_version_is_a_conflict_naming_the_current_version() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, AppError::VersionConflict { current: 2 }),
+        matches!(err, AppError::VersionConflict { current: Some(2) }),
         "{err:?}"
     );
     assert_eq!(h.store.connection(c.id).name.as_str(), "k2");
@@ -516,7 +516,7 @@ async fn a_store_conflict_with_an_explicit_version_is_reported_not_retried() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, AppError::VersionConflict { current: 4 }),
+        matches!(err, AppError::VersionConflict { current: Some(4) }),
         "{err:?}"
     );
 }
@@ -721,7 +721,7 @@ async fn credentials_of_an_incomplete_oauth_connection_are_refused() {
         matches!(
             err,
             AppError::State {
-                code: "connection_incomplete",
+                code: latchkey_app::StateCode::ConnectionIncomplete,
                 ..
             }
         ),
@@ -752,7 +752,7 @@ async fn credentials_of_an_expired_oauth_connection_are_refused() {
         .unwrap_err();
     match err {
         AppError::State { code, message } => {
-            assert_eq!(code, "connection_expired");
+            assert_eq!(code, latchkey_app::StateCode::ConnectionExpired);
             assert!(message.contains("rejected the refresh token"), "{message}");
         }
         other => panic!("{other:?}"),

@@ -154,7 +154,7 @@ async fn start_authorization_of_a_simple_connection_is_refused() {
         matches!(
             err,
             latchkey_app::AppError::State {
-                code: "not_oauth",
+                code: latchkey_app::StateCode::NotOAuth,
                 ..
             }
         ),

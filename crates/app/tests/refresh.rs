@@ -196,7 +196,7 @@ async fn invalid_grant_expires_the_connection_with_a_reason() {
 
     let err = fetch(&h.app, id).await.unwrap_err();
     assert!(
-        matches!(err, AppError::State { code: "connection_expired", ref message } if message.contains("invalid_grant")),
+        matches!(err, AppError::State { code: latchkey_app::StateCode::ConnectionExpired, ref message } if message.contains("invalid_grant")),
         "{err:?}"
     );
     let c = h.store.connection(id);
@@ -220,7 +220,7 @@ async fn invalid_grant_expires_the_connection_with_a_reason() {
         matches!(
             err,
             AppError::State {
-                code: "connection_expired",
+                code: latchkey_app::StateCode::ConnectionExpired,
                 ..
             }
         ),

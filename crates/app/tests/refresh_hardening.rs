@@ -579,7 +579,7 @@ async fn only_a_confirmed_invalid_grant_expires_a_lapsed_grant() {
     assert!(matches!(
         fetch(&h.app, id).await.unwrap_err(),
         AppError::State {
-            code: "connection_expired",
+            code: latchkey_app::StateCode::ConnectionExpired,
             ..
         }
     ));

@@ -1,18 +1,21 @@
-//! The stable JSON error of the API: `{"error": {"code": "...", "message": "..."}}`.
+//! The JSON error of the API: `{"error": {"code": "...", "message": "...", "field": "..."}}`,
+//! and how each use-case error maps to a status and an [`ErrorCode`].
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
-use latchkey_app::AppError;
+use latchkey_app::{AppError, StateCode};
 use latchkey_domain::DomainError;
 use latchkey_ports::OAuthError;
+
+pub use super::code::ErrorCode;
 
 /// An API error: a status, a stable code, and a message safe to show.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     /// The request field the error is about (`name`, `config.api_key`, ...), so that a
     /// form can show the message next to that field.
@@ -22,7 +25,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -38,18 +41,27 @@ impl ApiError {
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
     }
 
     pub fn not_found(what: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             format!("{what} not found"),
         )
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    /// 500 `internal_error`: the details are logged by the caller, never shown.
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::InternalError,
+            "internal error; see the server log",
+        )
+    }
+
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 }
@@ -90,67 +102,66 @@ impl ResponseError for ApiError {
 
 impl From<AppError> for ApiError {
     fn from(e: AppError) -> Self {
+        use ErrorCode as C;
         use StatusCode as S;
         match e {
-            AppError::Invalid(d) => match d {
-                DomainError::ConfigLocked => {
-                    ApiError::new(S::CONFLICT, "config_locked", d.to_string())
+            AppError::Invalid(d) => {
+                let (status, code) = match &d {
+                    DomainError::ConfigLocked => (S::CONFLICT, C::ConfigLocked),
+                    DomainError::IllegalTransition { .. } => (S::CONFLICT, C::IllegalTransition),
+                    DomainError::UnknownType { .. } => (S::BAD_REQUEST, C::UnknownType),
+                    DomainError::InvalidId { .. } => (S::BAD_REQUEST, C::InvalidId),
+                    DomainError::InvalidField { .. } => (S::BAD_REQUEST, C::InvalidField),
+                    DomainError::InvalidConfig { .. } => (S::BAD_REQUEST, C::InvalidConfig),
+                    DomainError::AddressNotAllowed { .. } => (S::BAD_REQUEST, C::AddressNotAllowed),
+                };
+                let field = match &d {
+                    DomainError::InvalidField { field, .. }
+                    | DomainError::InvalidConfig { field, .. }
+                    | DomainError::AddressNotAllowed { field, .. } => Some(field.clone()),
+                    _ => None,
+                };
+                ApiError {
+                    field,
+                    ..ApiError::new(status, code, d.to_string())
                 }
-                DomainError::IllegalTransition { .. } => {
-                    ApiError::new(S::CONFLICT, "illegal_transition", d.to_string())
-                }
-                DomainError::UnknownType { .. } => {
-                    ApiError::new(S::BAD_REQUEST, "unknown_type", d.to_string())
-                }
-                DomainError::InvalidId { .. } => {
-                    ApiError::new(S::BAD_REQUEST, "invalid_id", d.to_string())
-                }
-                DomainError::InvalidField { ref field, .. } => {
-                    let field = field.clone();
-                    ApiError::new(S::BAD_REQUEST, "invalid_field", d.to_string()).with_field(field)
-                }
-                DomainError::InvalidConfig { ref field, .. } => {
-                    let field = field.clone();
-                    ApiError::new(S::BAD_REQUEST, "invalid_config", d.to_string()).with_field(field)
-                }
-                DomainError::AddressNotAllowed { ref field, .. } => {
-                    let field = field.clone();
-                    ApiError::new(S::BAD_REQUEST, "address_not_allowed", d.to_string())
-                        .with_field(field)
-                }
-            },
+            }
             AppError::NotFound(what) => ApiError::not_found(what),
-            AppError::Forbidden(m) => ApiError::new(S::FORBIDDEN, "forbidden", m),
+            AppError::Forbidden(m) => ApiError::new(S::FORBIDDEN, C::Forbidden, m),
             e @ AppError::VersionConflict { .. } => {
-                ApiError::new(S::CONFLICT, "version_conflict", e.to_string())
+                ApiError::new(S::CONFLICT, C::VersionConflict, e.to_string())
             }
             e @ AppError::NameTaken(_) => {
-                ApiError::new(S::CONFLICT, "name_taken", e.to_string()).with_field("name")
+                ApiError::new(S::CONFLICT, C::NameTaken, e.to_string()).with_field("name")
             }
-            AppError::InUse(m) => ApiError::new(S::CONFLICT, "in_use", m),
-            AppError::LimitReached(m) => ApiError::new(S::CONFLICT, "limit_reached", m),
-            AppError::State { code, message } => ApiError::new(S::CONFLICT, code, message),
+            AppError::InUse(m) => ApiError::new(S::CONFLICT, C::InUse, m),
+            AppError::LimitReached(m) => ApiError::new(S::CONFLICT, C::LimitReached, m),
+            AppError::State { code, message } => {
+                let code = match code {
+                    StateCode::ConnectionIncomplete => C::ConnectionIncomplete,
+                    StateCode::ConnectionExpired => C::ConnectionExpired,
+                    StateCode::NotOAuth => C::NotOAuth,
+                    StateCode::OAuthClientMissing => C::OAuth2ClientMissing,
+                };
+                ApiError::new(S::CONFLICT, code, message)
+            }
             // Found only when connecting (a name resolving inside, a discovered endpoint):
             // the provider's setup is at fault, not the request.
             AppError::Provider(p @ OAuthError::AddressNotAllowed(_)) => {
-                ApiError::new(S::BAD_GATEWAY, "address_not_allowed", p.to_string())
+                ApiError::new(S::BAD_GATEWAY, C::AddressNotAllowed, p.to_string())
             }
-            AppError::Provider(p) => ApiError::new(S::BAD_GATEWAY, "provider_error", p.to_string()),
+            AppError::Provider(p) => ApiError::new(S::BAD_GATEWAY, C::ProviderError, p.to_string()),
             AppError::ProviderUnavailable {
                 message,
                 retry_after_secs,
             } => ApiError {
                 retry_after: Some(retry_after_secs.max(1)),
-                ..ApiError::new(S::SERVICE_UNAVAILABLE, "provider_unavailable", message)
+                ..ApiError::new(S::SERVICE_UNAVAILABLE, C::ProviderUnavailable, message)
             },
             AppError::Internal(m) => {
                 // Details go to the log only; the caller gets a stable, bland answer.
                 tracing::error!(error = %m, "internal error");
-                ApiError::new(
-                    S::INTERNAL_SERVER_ERROR,
-                    "internal_error",
-                    "internal error; see the server log",
-                )
+                ApiError::internal()
             }
         }
     }
@@ -162,35 +173,40 @@ pub mod extractors {
     use actix_web::http::StatusCode;
     use actix_web::HttpRequest;
 
-    use super::ApiError;
+    use super::{ApiError, ErrorCode};
 
     pub fn json(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
         let e = match &err {
             JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
+                    ErrorCode::PayloadTooLarge,
                     "the request body is larger than 64 KiB",
                 )
             }
             JsonPayloadError::ContentType => ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "send the body as Content-Type: application/json",
             ),
             JsonPayloadError::Deserialize(d) => ApiError::bad_request(
-                "invalid_json",
+                ErrorCode::InvalidJson,
                 format!("the body is not valid JSON for this request: {d}"),
             ),
-            other => {
-                ApiError::bad_request("invalid_body", format!("could not read the body: {other}"))
-            }
+            other => ApiError::bad_request(
+                ErrorCode::InvalidBody,
+                format!("could not read the body: {other}"),
+            ),
         };
         e.into()
     }
 
     pub fn query(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
-        ApiError::bad_request("invalid_query", format!("invalid query string: {err}")).into()
+        ApiError::bad_request(
+            ErrorCode::InvalidQuery,
+            format!("invalid query string: {err}"),
+        )
+        .into()
     }
 
     pub fn path(_err: PathError, _req: &HttpRequest) -> actix_web::Error {

@@ -2,6 +2,7 @@
 
 mod auth;
 mod callback;
+mod code;
 pub mod error;
 pub mod schema;
 mod ui;
@@ -24,7 +25,7 @@ use latchkey_domain::{AccessKeyId, ConnectionId, OAuthClientId};
 use latchkey_store::SeaStore;
 
 use auth::Auth;
-use error::ApiError;
+use error::{ApiError, ErrorCode};
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -140,13 +141,13 @@ async fn healthz(state: web::Data<AppState>) -> HttpResponse {
 /// `/healthz`: 200 when the database answers and (in a process that runs the jobs) the
 /// job loop finished a cycle recently; 503 with a stable code otherwise.
 fn health_answer(db_ok: bool, jobs_stalled_for: Option<std::time::Duration>) -> HttpResponse {
-    let unavailable = |code: &'static str, message: String| {
+    let unavailable = |code: ErrorCode, message: String| {
         HttpResponse::ServiceUnavailable()
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .json(json!({ "error": { "code": code, "message": message } }))
     };
     if !db_ok {
-        return unavailable("unavailable", "the database is unreachable".into());
+        return unavailable(ErrorCode::Unavailable, "the database is unreachable".into());
     }
     if let Some(since) = jobs_stalled_for {
         tracing::error!(
@@ -154,7 +155,7 @@ fn health_answer(db_ok: bool, jobs_stalled_for: Option<std::time::Duration>) -> 
             "health check: the background job has not finished a cycle"
         );
         return unavailable(
-            "jobs_stalled",
+            ErrorCode::JobsStalled,
             format!(
                 "the background refresh job has not finished a cycle for {} s",
                 since.as_secs()
@@ -193,12 +194,7 @@ where
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_default();
         tracing::error!(%path, panic = %message, "request handler panicked");
-        Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "internal error; see the server log",
-        )
-        .into())
+        Err(ApiError::internal().into())
     };
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| srv.call(req))) {
         Ok(fut) => async move {
@@ -362,7 +358,8 @@ struct CreateConnectionBody {
 
 fn required<T>(v: Option<T>, field: &str) -> Result<T> {
     v.ok_or_else(|| {
-        ApiError::bad_request("missing_field", format!("{field} is required")).with_field(field)
+        ApiError::bad_request(ErrorCode::MissingField, format!("{field} is required"))
+            .with_field(field)
     })
 }
 
@@ -404,8 +401,10 @@ async fn create_connection(
                 Value::Object(Map::new())
             }
             None => {
-                return Err(ApiError::bad_request("missing_field", "config is required")
-                    .with_field("config"))
+                return Err(
+                    ApiError::bad_request(ErrorCode::MissingField, "config is required")
+                        .with_field("config"),
+                )
             }
         },
         kind,
@@ -535,7 +534,7 @@ async fn update_connection(
     let b = body.into_inner();
     if b.name.is_none() && b.config.0.is_none() {
         return Err(ApiError::bad_request(
-            "missing_field",
+            ErrorCode::MissingField,
             "give name and/or config to change",
         ));
     }
@@ -659,7 +658,7 @@ async fn events(
     let cursor = match (q.cursor, q.after) {
         (Some(c), Some(a)) if c != a => {
             return Err(ApiError::bad_request(
-                "invalid_query",
+                ErrorCode::InvalidQuery,
                 "give the page cursor once, as cursor (or after)",
             ))
         }

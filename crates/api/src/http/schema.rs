@@ -18,8 +18,7 @@ pub struct ErrorBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable, machine-readable.
-    pub code: String,
+    pub code: super::error::ErrorCode,
     /// For people; never contains a secret or internals.
     pub message: String,
     /// The request field the error is about (`name`, `config.api_key`,
