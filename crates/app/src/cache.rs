@@ -246,13 +246,9 @@ impl ConnectionStore for CachedStore {
     async fn update_connection(
         &self,
         connection: &Connection,
-        expected_version: i64,
         events: &[ConnectionEvent],
-    ) -> Result<(), StoreError> {
-        let r = self
-            .connections
-            .update_connection(connection, expected_version, events)
-            .await;
+    ) -> Result<i64, StoreError> {
+        let r = self.connections.update_connection(connection, events).await;
         self.invalidate_connection(connection.id);
         r
     }

@@ -394,7 +394,6 @@ impl Latchkey {
                     });
                 }
             }
-            let read_version = c.version;
             let now = self.now();
             let mut events = Vec::new();
             if let Some(name) = &name {
@@ -412,14 +411,11 @@ impl Latchkey {
                 c.config = parsed.public;
                 c.secrets = self.seal_fields(&parsed.secrets, &Self::secrets_ctx(&c))?;
             }
-            c.version = read_version + 1;
-            match self
-                .svc
-                .connections
-                .update_connection(&c, read_version, &events)
-                .await
-            {
-                Ok(()) => return Ok(c),
+            match self.svc.connections.update_connection(&c, &events).await {
+                Ok(version) => {
+                    c.version = version;
+                    return Ok(c);
+                }
                 Err(StoreError::Conflict) if attempt < attempts => continue,
                 Err(StoreError::Conflict) => {
                     let current = self

@@ -398,7 +398,6 @@ impl Latchkey {
                 .await
                 .map_err(|e| CallbackError::Internal(e.to_string()))?
                 .ok_or(CallbackError::ConnectionGone)?;
-            let read_version = c.version;
             let access = self.seal_str(
                 &tokens.access_token,
                 &SealContext::new(c.project_id.as_str(), c.id, fields::ACCESS_TOKEN),
@@ -433,15 +432,9 @@ impl Latchkey {
             c.grant = Some(grant);
             c.authorized_user = authorized_user.clone();
             c.last_error = None;
-            c.version = read_version + 1;
             let event = self.event(&c, Some(from), "authorized", None);
-            match self
-                .svc
-                .connections
-                .update_connection(&c, read_version, &[event])
-                .await
-            {
-                Ok(()) => {
+            match self.svc.connections.update_connection(&c, &[event]).await {
+                Ok(_) => {
                     tracing::info!(connection = %c.id, "connection authorized");
                     return Ok(CallbackOutcome {
                         connection_id: c.id,
@@ -466,22 +459,15 @@ impl Latchkey {
             let Ok(Some(mut c)) = self.svc.connections.get_connection(id).await else {
                 return;
             };
-            let read_version = c.version;
             c.last_error = Some(message.clone());
             c.updated_at = self.now();
-            c.version = read_version + 1;
-            match self
-                .svc
-                .connections
-                .update_connection(&c, read_version, &[])
-                .await
-            {
+            match self.svc.connections.update_connection(&c, &[]).await {
                 Err(StoreError::Conflict) => continue,
                 Err(e) => {
                     tracing::warn!(connection = %id, error = %e, "could not record the error on the connection");
                     return;
                 }
-                Ok(()) => return,
+                Ok(_) => return,
             }
         }
     }

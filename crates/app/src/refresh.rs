@@ -899,19 +899,17 @@ impl Latchkey {
         kind: &str,
         reason: &str,
     ) -> Result<bool, StoreError> {
-        let read_version = c.version;
         let Ok(Some((from, _))) = c.apply(event, self.now()) else {
             return Ok(false);
         };
         c.last_error = Some(reason.to_owned());
         c.refresh = RefreshSchedule::default();
-        c.version = read_version + 1;
         let ev = self.event(&c, Some(from), kind, Some(reason.to_owned()));
         self.svc
             .connections
-            .update_connection(&c, read_version, &[ev])
+            .update_connection(&c, &[ev])
             .await
-            .map(|()| true)
+            .map(|_| true)
     }
 
     /// The access token of an active connection, refreshed first when due.

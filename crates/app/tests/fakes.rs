@@ -68,11 +68,15 @@ async fn the_store_keeps_the_lease_and_version_contracts() {
     let mut renamed = s.connection(c.id);
     let v = renamed.version;
     renamed.refresh.lease = None;
-    renamed.version = v + 1;
-    s.update_connection(&renamed, v, &[]).await.unwrap();
+    assert_eq!(s.update_connection(&renamed, &[]).await.unwrap(), v + 1);
+    assert_eq!(
+        s.connection(c.id).version,
+        v + 1,
+        "the store bumps the version"
+    );
     assert_eq!(s.connection(c.id).refresh.lease, Some(lease("w1", 1)));
     assert!(matches!(
-        s.update_connection(&renamed, v, &[]).await,
+        s.update_connection(&renamed, &[]).await,
         Err(StoreError::Conflict)
     ));
 

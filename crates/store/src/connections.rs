@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use latchkey_domain::{Connection, ConnectionEvent, ConnectionId};
 use latchkey_ports::{ConnectionQuery, ConnectionStore, StoreError};
 use sea_orm::sea_query::{Expr, Func, LikeExpr};
-use sea_orm::ActiveValue::NotSet;
+use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
     QueryOrder, QuerySelect, Statement, TransactionTrait,
@@ -183,11 +183,13 @@ impl ConnectionStore for SeaStore {
     async fn update_connection(
         &self,
         connection: &Connection,
-        expected_version: i64,
         events: &[ConnectionEvent],
-    ) -> Result<(), StoreError> {
+    ) -> Result<i64, StoreError> {
         let id = connection.id.to_string();
+        let expected_version = connection.version;
+        let written = expected_version + 1;
         let mut row = connection_row(connection);
+        row.version = Set(written);
         // The id selects the row; it is not rewritten. The lease belongs to the
         // claim/save/release methods: a rename must not clobber a refresh in flight.
         row.id = NotSet;
@@ -219,7 +221,8 @@ impl ConnectionStore for SeaStore {
             });
         }
         insert_events(&txn, events).await?;
-        txn.commit().await.map_err(backend)
+        txn.commit().await.map_err(backend)?;
+        Ok(written)
     }
 
     async fn delete_connection(&self, id: ConnectionId) -> Result<bool, StoreError> {

@@ -168,9 +168,8 @@ mod cases {
         let key = access_key("p1", "k", t(1));
         writer.insert_access_key(&key).await.unwrap();
         let mut renamed = c.clone();
-        renamed.version = 2;
         renamed.name = name("renamed");
-        writer.update_connection(&renamed, 1, &[]).await.unwrap();
+        writer.update_connection(&renamed, &[]).await.unwrap();
         writer.delete_access_key(key.id).await.unwrap();
         writer.delete_connection(c.id).await.unwrap();
 

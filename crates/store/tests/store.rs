@@ -498,8 +498,7 @@ mod cases {
         store.insert_connection(&d, &created(&d)).await.unwrap();
         let mut renamed = d.clone();
         renamed.name = name("same");
-        renamed.version = 2;
-        let err = store.update_connection(&renamed, 1, &[]).await.unwrap_err();
+        let err = store.update_connection(&renamed, &[]).await.unwrap_err();
         assert!(matches!(err, StoreError::Duplicate("name")), "{err:?}");
         assert_eq!(store.get_connection(d.id).await.unwrap().unwrap(), d);
     }
@@ -518,7 +517,6 @@ mod cases {
         next.config = serde_json::json!({"changed": true});
         next.secrets = Some(Sealed(vec![42]));
         next.updated_at = t(50);
-        next.version = 2;
         let ev = event(
             &c,
             Some(Status::Active),
@@ -526,20 +524,21 @@ mod cases {
             "refresh_rejected",
             t(50),
         );
-        store
-            .update_connection(&next, 1, std::slice::from_ref(&ev))
+        let written = store
+            .update_connection(&next, std::slice::from_ref(&ev))
             .await
             .unwrap();
+        assert_eq!(written, 2, "the store bumps the version");
+        next.version = written;
         assert_eq!(store.get_connection(c.id).await.unwrap().unwrap(), next);
         assert_eq!(all_events(&store, c.id).await.len(), 2);
 
         // Stale version: Conflict, and neither the row nor the events change.
         let mut stale = c.clone();
-        stale.version = 2;
         stale.name = name("lost update");
         let ev2 = event(&c, None, Status::Active, "should_not_exist", t(60));
         let err = store
-            .update_connection(&stale, 1, std::slice::from_ref(&ev2))
+            .update_connection(&stale, std::slice::from_ref(&ev2))
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Conflict), "{err:?}");
@@ -547,14 +546,12 @@ mod cases {
         assert_eq!(all_events(&store, c.id).await.len(), 2);
 
         // Missing id: NotFound.
-        let mut ghost = api_key("p1", "ghost");
-        ghost.version = 2;
-        let err = store.update_connection(&ghost, 1, &[]).await.unwrap_err();
+        let ghost = api_key("p1", "ghost");
+        let err = store.update_connection(&ghost, &[]).await.unwrap_err();
         assert!(matches!(err, StoreError::NotFound), "{err:?}");
 
         // Several events in one update, and a second update on the new version.
         let mut third = next.clone();
-        third.version = 3;
         third.status = Status::Active;
         let evs = [
             event(
@@ -566,7 +563,7 @@ mod cases {
             ),
             event(&c, Some(Status::Active), Status::Active, "note", t(70)),
         ];
-        store.update_connection(&third, 2, &evs).await.unwrap();
+        assert_eq!(store.update_connection(&third, &evs).await.unwrap(), 3);
         let events = all_events(&store, c.id).await;
         assert_eq!(events.len(), 4);
         assert_eq!(events[2..], evs[..]);
@@ -682,9 +679,8 @@ mod cases {
 
         // A version-guarded update still succeeds after usages.
         let mut next = c.clone();
-        next.version = 2;
         next.last_used_at = Some(t(40));
-        store.update_connection(&next, 1, &[]).await.unwrap();
+        store.update_connection(&next, &[]).await.unwrap();
 
         let err = store
             .record_usage(new_id(), Some(flow("a")), t(1))
@@ -732,8 +728,8 @@ mod cases {
                 })
                 .collect();
             let mut next = c.clone();
-            next.version = version + 1;
-            store.update_connection(&next, version, &evs).await.unwrap();
+            next.version = version;
+            store.update_connection(&next, &evs).await.unwrap();
             want.extend(evs);
         }
         assert_eq!(all_events(&store, c.id).await, want);
@@ -757,9 +753,9 @@ mod cases {
         for (version, (i, at)) in (c.version..).zip(times.into_iter().enumerate()) {
             let ev = event(&c, None, Status::Active, &format!("e{i}"), t(at));
             let mut next = c.clone();
-            next.version = version + 1;
+            next.version = version;
             store
-                .update_connection(&next, version, std::slice::from_ref(&ev))
+                .update_connection(&next, std::slice::from_ref(&ev))
                 .await
                 .unwrap();
             want.push(ev);
@@ -849,10 +845,10 @@ mod cases {
             store.insert_connection(c, &created(c)).await.unwrap();
             for (version, i) in (c.version..).zip(0..5) {
                 let ev = event(c, None, c.status, &format!("k{i}"), t(10 + i));
-                let mut next = c.clone();
-                next.version = version + 1;
+                let mut next = (*c).clone();
+                next.version = version;
                 store
-                    .update_connection(&next, version, std::slice::from_ref(&ev))
+                    .update_connection(&next, std::slice::from_ref(&ev))
                     .await
                     .unwrap();
                 if 10 + i >= 13 {
@@ -1213,11 +1209,8 @@ mod cases {
         let mut renamed = store.get_connection(c.id).await.unwrap().unwrap();
         renamed.name = name("renamed by user");
         renamed.config = serde_json::json!({"user": "edit"});
-        renamed.version = c.version + 1;
-        store
-            .update_connection(&renamed, c.version, &[])
-            .await
-            .unwrap();
+        renamed.version = c.version;
+        renamed.version = store.update_connection(&renamed, &[]).await.unwrap();
         let err = store
             .save_refreshed_grant(c.id, "owner", c.version, &new_grant, &schedule, t(101))
             .await
@@ -1275,11 +1268,7 @@ mod cases {
             .unwrap();
         let mut renamed = stale_read.clone();
         renamed.name = latchkey_domain::ConnectionName::parse("new name").unwrap();
-        renamed.version += 1;
-        store
-            .update_connection(&renamed, stale_read.version, &[])
-            .await
-            .unwrap();
+        store.update_connection(&renamed, &[]).await.unwrap();
         let got = store.get_connection(c.id).await.unwrap().unwrap();
         assert_eq!(got.name.as_str(), "new name");
         assert_eq!(
@@ -1394,11 +1383,8 @@ mod cases {
             lease: None,
         };
         newer.last_error = None;
-        newer.version = c.version + 1;
-        store
-            .update_connection(&newer, c.version, &[])
-            .await
-            .unwrap();
+        newer.version = c.version;
+        newer.version = store.update_connection(&newer, &[]).await.unwrap();
         let failed = RefreshSchedule {
             due_at: Some(t(160)),
             failures: 5,
@@ -1587,8 +1573,7 @@ mod cases {
         // Moving the connection off the client frees it.
         let mut moved = conn.clone();
         moved.oauth2_client_id = Some(global.id);
-        moved.version = 2;
-        store.update_connection(&moved, 1, &[]).await.unwrap();
+        store.update_connection(&moved, &[]).await.unwrap();
         assert!(store.delete_oauth_client(p1.id).await.unwrap());
         assert!(!store.delete_oauth_client(p1.id).await.unwrap());
         let err = store.delete_oauth_client(global.id).await.unwrap_err();

@@ -29,7 +29,8 @@ pub struct ConnectionQuery {
 /// Persistence of connections.
 ///
 /// Every write of a connection compares-and-sets on `version`: the caller passes the
-/// version it read and the connection to write with `version` already incremented.
+/// connection as it read it (its `version` is the one expected) and the store writes the
+/// next version, so no caller counts versions.
 #[cfg_attr(feature = "mocks", automock)]
 #[async_trait]
 pub trait ConnectionStore: Send + Sync {
@@ -63,14 +64,14 @@ pub trait ConnectionStore: Send + Sync {
     /// Writes every column of `connection` except the refresh lease (`lease_owner`,
     /// `lease_until`: only the [`RefreshLeaseStore`](super::RefreshLeaseStore) touches
     /// those, so a rename never clobbers a refresh in flight) if the stored version is
-    /// `expected_version`, with `events` in the same transaction. `Conflict` otherwise;
-    /// `NotFound` if gone; `Duplicate(Name)` on a name clash.
+    /// still `connection.version`, with `events` in the same transaction, and bumps the
+    /// stored version. Returns the version written. `Conflict` otherwise; `NotFound` if
+    /// gone; `Duplicate(Name)` on a name clash.
     async fn update_connection(
         &self,
         connection: &Connection,
-        expected_version: i64,
         events: &[ConnectionEvent],
-    ) -> Result<(), StoreError>;
+    ) -> Result<i64, StoreError>;
 
     /// Deletes the connection and everything hanging off it (events, usages, pending
     /// authorizations). `false` if there was none.
