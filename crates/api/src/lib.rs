@@ -17,10 +17,9 @@ pub mod telemetry;
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Instant;
 
-use actix_web::dev::{Server, Service};
-use actix_web::{web, App, HttpServer};
+use actix_web::dev::Server;
+use actix_web::{web, HttpServer};
 use anyhow::Context;
 
 use latchkey_app::{CachedStore, Latchkey, Services, Settings, DEFAULT_CACHE_CAPACITY};
@@ -133,36 +132,10 @@ impl Application {
         if config.admin_token.is_none() {
             tracing::warn!("LATCHKEY_ADMIN_TOKEN is not set: no admin key exists, so no access key can be created");
         }
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .wrap_fn(http::catch_panics)
-                .wrap_fn(|req, srv| {
-                    // Logs the path only: query strings carry OAuth codes and states.
-                    let method = req.method().clone();
-                    let path = req.path().to_owned();
-                    let started = Instant::now();
-                    let fut = srv.call(req);
-                    async move {
-                        let res = fut.await;
-                        let status = res.as_ref().map(|r| r.status().as_u16()).unwrap_or(500);
-                        let took = started.elapsed();
-                        tracing::info!(%method, %path, status, ms = took.as_millis() as u64, "request");
-                        // The route template, never the path: ids stay out of labels.
-                        let route = res
-                            .as_ref()
-                            .ok()
-                            .and_then(|r| r.request().match_pattern())
-                            .unwrap_or_else(|| "unmatched".into());
-                        telemetry::http_request(&route, method.as_str(), status, took);
-                        res
-                    }
-                })
-                .configure(http::configure)
-        })
-        .listen(listener)?
-        .shutdown_timeout(10)
-        .run();
+        let server = HttpServer::new(move || http::app(state.clone()))
+            .listen(listener)?
+            .shutdown_timeout(10)
+            .run();
         let jobs = job_health.map(|health| jobs::spawn(app, config.refresh_interval, health));
         tracing::info!(%addr, public_url = %config.public_url, "latchkey listening");
         Ok(Self {
