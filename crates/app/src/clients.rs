@@ -7,6 +7,7 @@ use latchkey_domain::{
     parse_config, ConnectionName, ConnectionType, DomainError, OAuthClient, OAuthClientId,
     ProjectId, Scope,
 };
+use latchkey_ports::StoreError;
 
 use crate::{AppError, Latchkey, Principal};
 
@@ -136,7 +137,7 @@ impl Latchkey {
             .insert_oauth_client(&client)
             .await
             .map_err(|e| match e {
-                latchkey_ports::StoreError::Duplicate(_) => AppError::NameTaken("oauth2 client"),
+                StoreError::Duplicate(_) => AppError::NameTaken("oauth2 client"),
                 other => other.into(),
             })?;
         Ok(client)
@@ -176,10 +177,14 @@ impl Latchkey {
         if client.project_id.is_none() {
             principal.require_admin()?;
         }
-        if self.svc.clients.delete_oauth_client(id).await? {
-            Ok(())
-        } else {
-            Err(AppError::NotFound("oauth2 client"))
+        match self.svc.clients.delete_oauth_client(id).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(AppError::NotFound("oauth2 client")),
+            Err(StoreError::InUse { references }) => Err(AppError::InUse(match references {
+                0 | 1 => "the OAuth client is used by a connection".to_owned(),
+                n => format!("the OAuth client is used by {n} connections"),
+            })),
+            Err(e) => Err(e.into()),
         }
     }
 }

@@ -63,8 +63,10 @@ impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => AppError::NotFound("record"),
-            StoreError::Duplicate(what) => AppError::NameTaken(what),
-            StoreError::InUse(m) => AppError::InUse(m),
+            StoreError::Duplicate(key) => AppError::NameTaken(key.as_str()),
+            StoreError::InUse { references } => AppError::InUse(format!(
+                "the record is used by {references} other record(s)"
+            )),
             StoreError::LimitReached { limit } => AppError::LimitReached(format!(
                 "the project already has {limit} connections, the most it may have; delete one first"
             )),

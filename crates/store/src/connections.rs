@@ -12,7 +12,7 @@ use sea_orm::{
 
 use crate::convert::{connection_from_row, connection_row, event_row};
 use crate::entity::{auth_sessions, connection_events, connection_usages, connections};
-use crate::{backend, SeaStore};
+use crate::{backend, is_foreign_key_violation, write_error, SeaStore};
 
 use connections::Column as C;
 
@@ -39,21 +39,12 @@ fn like_contains(text: &str) -> String {
 /// Errors of writing a connection row: name clashes and unknown OAuth clients get
 /// their own meaning.
 fn connection_write_error(e: DbErr) -> StoreError {
-    match e.sql_err() {
-        Some(sea_orm::SqlErr::UniqueConstraintViolation(msg)) => {
-            // The primary key can only clash on a reused id; everything else is the
-            // (project_id, name) index.
-            if msg.contains("name") {
-                StoreError::Duplicate("name")
-            } else {
-                StoreError::Duplicate("id")
-            }
-        }
-        Some(sea_orm::SqlErr::ForeignKeyConstraintViolation(_)) => StoreError::Backend(
+    if is_foreign_key_violation(&e) {
+        return StoreError::Backend(
             "the connection refers to an OAuth client that does not exist".into(),
-        ),
-        _ => backend(e),
+        );
     }
+    write_error(e)
 }
 
 pub(crate) async fn insert_events<Db: ConnectionTrait>(
@@ -66,12 +57,12 @@ pub(crate) async fn insert_events<Db: ConnectionTrait>(
     connection_events::Entity::insert_many(events.iter().map(event_row))
         .exec_without_returning(db)
         .await
-        .map_err(|e| match e.sql_err() {
-            Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => {
-                StoreError::Duplicate("event id")
+        .map_err(|e| {
+            if is_foreign_key_violation(&e) {
+                StoreError::NotFound
+            } else {
+                write_error(e)
             }
-            Some(sea_orm::SqlErr::ForeignKeyConstraintViolation(_)) => StoreError::NotFound,
-            _ => backend(e),
         })?;
     Ok(())
 }

@@ -22,6 +22,7 @@ mod activity;
 mod connections;
 mod convert;
 mod entity;
+mod errors;
 mod leases;
 mod migration;
 mod notify;
@@ -32,6 +33,7 @@ pub mod time;
 pub use notify::{PgChangeFeed, SqliteChangeFeed};
 pub use sealed::KEY_CHECK_META;
 
+pub(crate) use errors::{backend, is_foreign_key_violation, write_error};
 use std::path::Path;
 use std::time::Duration;
 
@@ -40,7 +42,7 @@ use sea_orm::sea_query::OnConflict;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DbBackend, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, SqlErr, Statement,
+    DbBackend, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, Statement,
     TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
@@ -306,24 +308,6 @@ fn create_dir(dir: &Path) -> Result<(), StoreError> {
     })
 }
 
-/// Any database failure that has no better meaning. Database messages carry no bound
-/// values, so no secret ends up in them.
-pub(crate) fn backend(e: DbErr) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
 fn migration_error(e: DbErr) -> StoreError {
     StoreError::Backend(format!("migration failed: {e}"))
-}
-
-/// Maps a unique violation to `Duplicate(what)`, anything else to `Backend`.
-pub(crate) fn unique_as(what: &'static str) -> impl Fn(DbErr) -> StoreError {
-    move |e| match e.sql_err() {
-        Some(SqlErr::UniqueConstraintViolation(_)) => StoreError::Duplicate(what),
-        _ => backend(e),
-    }
-}
-
-pub(crate) fn is_foreign_key_violation(e: &DbErr) -> bool {
-    matches!(e.sql_err(), Some(SqlErr::ForeignKeyConstraintViolation(_)))
 }

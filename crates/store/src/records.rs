@@ -16,7 +16,7 @@ use crate::convert::{
 };
 use crate::entity::{access_keys, auth_sessions, connections, oauth_clients};
 use crate::time::to_millis;
-use crate::{backend, is_foreign_key_violation, unique_as, SeaStore};
+use crate::{backend, is_foreign_key_violation, write_error, SeaStore};
 
 #[async_trait]
 impl AuthSessionStore for SeaStore {
@@ -30,7 +30,7 @@ impl AuthSessionStore for SeaStore {
                 if is_foreign_key_violation(&e) {
                     StoreError::NotFound
                 } else {
-                    unique_as("state")(e)
+                    write_error(e)
                 }
             })?;
         Ok(())
@@ -74,7 +74,7 @@ impl OAuthClientStore for SeaStore {
         oauth_clients::Entity::insert(oauth_client_row(client))
             .exec_without_returning(&self.db)
             .await
-            .map_err(unique_as("name"))?;
+            .map_err(write_error)?;
         Ok(())
     }
 
@@ -150,10 +150,10 @@ impl OAuthClientStore for SeaStore {
 }
 
 fn in_use_error(count: u64) -> StoreError {
-    StoreError::InUse(match count {
-        0 | 1 => "the OAuth client is used by a connection".to_owned(),
-        n => format!("the OAuth client is used by {n} connections"),
-    })
+    // At least the one reference that made the delete fail, even if it went since.
+    StoreError::InUse {
+        references: count.max(1),
+    }
 }
 
 #[async_trait]
@@ -162,7 +162,7 @@ impl AccessKeyStore for SeaStore {
         access_keys::Entity::insert(access_key_row(key))
             .exec_without_returning(&self.db)
             .await
-            .map_err(unique_as("id"))?;
+            .map_err(write_error)?;
         Ok(())
     }
 

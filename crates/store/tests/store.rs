@@ -15,7 +15,7 @@ use latchkey_domain::{
 };
 use latchkey_ports::{
     AccessKeyStore, ActivityStore, AuthSessionStore, ConnectionQuery, ConnectionStore, EventQuery,
-    OAuthClientStore, RefreshLeaseStore, SealedTable, SealedValueStore, StoreError,
+    OAuthClientStore, RefreshLeaseStore, SealedTable, SealedValueStore, StoreError, UniqueKey,
 };
 use latchkey_store::SeaStore;
 use sea_orm::ConnectionTrait;
@@ -484,10 +484,22 @@ mod cases {
         store.insert_connection(&a, &created(&a)).await.unwrap();
         let b = api_key("p1", "same");
         let err = store.insert_connection(&b, &created(&b)).await.unwrap_err();
-        assert!(matches!(err, StoreError::Duplicate("name")), "{err:?}");
+        assert!(
+            matches!(err, StoreError::Duplicate(UniqueKey::Name)),
+            "{err:?}"
+        );
         // Nothing of the refused insert remains, not even its event.
         assert!(store.get_connection(b.id).await.unwrap().is_none());
         assert!(all_events(&store, b.id).await.is_empty());
+
+        // A reused id is told apart from a name clash (by the constraint broken).
+        let mut again = a.clone();
+        again.name = name("another");
+        let err = store
+            .insert_connection(&again, &created(&again))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Duplicate(UniqueKey::Id)), "{err:?}");
 
         // Same name in another project is fine.
         let c = api_key("p2", "same");
@@ -499,7 +511,10 @@ mod cases {
         let mut renamed = d.clone();
         renamed.name = name("same");
         let err = store.update_connection(&renamed, &[]).await.unwrap_err();
-        assert!(matches!(err, StoreError::Duplicate("name")), "{err:?}");
+        assert!(
+            matches!(err, StoreError::Duplicate(UniqueKey::Name)),
+            "{err:?}"
+        );
         assert_eq!(store.get_connection(d.id).await.unwrap().unwrap(), d);
     }
 
@@ -939,7 +954,10 @@ mod cases {
             .insert_connection_capped(&clash, &created(&clash), 3)
             .await
             .unwrap_err();
-        assert!(matches!(err, StoreError::Duplicate("name")), "{err:?}");
+        assert!(
+            matches!(err, StoreError::Duplicate(UniqueKey::Name)),
+            "{err:?}"
+        );
         // A delete makes room.
         let first = store
             .list_connections(&ConnectionQuery {
@@ -1521,7 +1539,10 @@ mod cases {
         }
         for dup in [oauth_client(None, "Acme"), oauth_client(Some("p1"), "Acme")] {
             let err = store.insert_oauth_client(&dup).await.unwrap_err();
-            assert!(matches!(err, StoreError::Duplicate("name")), "{err:?}");
+            assert!(
+                matches!(err, StoreError::Duplicate(UniqueKey::Name)),
+                "{err:?}"
+            );
         }
         store
             .insert_oauth_client(&oauth_client(Some("p2"), "Acme"))
@@ -1567,7 +1588,7 @@ mod cases {
             .await
             .unwrap();
         let err = store.delete_oauth_client(p1.id).await.unwrap_err();
-        assert!(matches!(err, StoreError::InUse(_)), "{err:?}");
+        assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
         assert!(store.get_oauth_client(p1.id).await.unwrap().is_some());
 
         // Moving the connection off the client frees it.
@@ -1577,7 +1598,7 @@ mod cases {
         assert!(store.delete_oauth_client(p1.id).await.unwrap());
         assert!(!store.delete_oauth_client(p1.id).await.unwrap());
         let err = store.delete_oauth_client(global.id).await.unwrap_err();
-        assert!(matches!(err, StoreError::InUse(_)), "{err:?}");
+        assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
         assert!(store.delete_connection(conn.id).await.unwrap());
         assert!(store.delete_oauth_client(global.id).await.unwrap());
 

@@ -28,7 +28,7 @@ use latchkey_domain::{
 use latchkey_ports::{
     AccessKeyStore, ActivityStore, AuthSessionStore, Cipher, CipherError, Clock, CodeExchange,
     ConnectionQuery, ConnectionStore, Entropy, EventPage, EventQuery, OAuthClientStore, OAuthError,
-    ProviderClient, RefreshExchange, RefreshLeaseStore, Revocation, StoreError,
+    ProviderClient, RefreshExchange, RefreshLeaseStore, Revocation, StoreError, UniqueKey,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -152,10 +152,10 @@ impl ConnectionStore for FakeStore {
             .values()
             .any(|c| c.project_id == connection.project_id && c.name == connection.name)
         {
-            return Err(StoreError::Duplicate("name"));
+            return Err(StoreError::Duplicate(UniqueKey::Name));
         }
         if t.connections.contains_key(&connection.id) {
-            return Err(StoreError::Duplicate("id"));
+            return Err(StoreError::Duplicate(UniqueKey::Id));
         }
         t.connections.insert(connection.id, connection.clone());
         t.push_events(std::slice::from_ref(event));
@@ -174,7 +174,7 @@ impl ConnectionStore for FakeStore {
             .values()
             .any(|c| c.project_id == connection.project_id && c.name == connection.name)
         {
-            return Err(StoreError::Duplicate("name"));
+            return Err(StoreError::Duplicate(UniqueKey::Name));
         }
         let in_project = t
             .connections
@@ -238,7 +238,7 @@ impl ConnectionStore for FakeStore {
                 && c.project_id == connection.project_id
                 && c.name == connection.name
         }) {
-            return Err(StoreError::Duplicate("name"));
+            return Err(StoreError::Duplicate(UniqueKey::Name));
         }
         let mut next = connection.clone();
         // The lease columns are not written by this method.
@@ -566,7 +566,7 @@ impl AuthSessionStore for FakeStore {
         self.enter("insert_auth_session")?;
         let mut t = self.t.lock().unwrap();
         if t.sessions.contains_key(&session.state_hash) {
-            return Err(StoreError::Duplicate("state"));
+            return Err(StoreError::Duplicate(UniqueKey::State));
         }
         t.sessions
             .insert(session.state_hash.clone(), session.clone());
@@ -596,7 +596,7 @@ impl OAuthClientStore for FakeStore {
             .values()
             .any(|c| c.project_id == client.project_id && c.name == client.name)
         {
-            return Err(StoreError::Duplicate("name"));
+            return Err(StoreError::Duplicate(UniqueKey::Name));
         }
         t.clients.insert(client.id, client.clone());
         Ok(())
@@ -626,13 +626,13 @@ impl OAuthClientStore for FakeStore {
     async fn delete_oauth_client(&self, id: OAuthClientId) -> Result<bool, StoreError> {
         self.enter("delete_oauth_client")?;
         let mut t = self.t.lock().unwrap();
-        if t.connections
+        let references = t
+            .connections
             .values()
-            .any(|c| c.oauth2_client_id == Some(id))
-        {
-            return Err(StoreError::InUse(
-                "connections still use this client".into(),
-            ));
+            .filter(|c| c.oauth2_client_id == Some(id))
+            .count() as u64;
+        if references > 0 {
+            return Err(StoreError::InUse { references });
         }
         Ok(t.clients.remove(&id).is_some())
     }

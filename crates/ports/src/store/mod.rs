@@ -15,22 +15,49 @@ pub use leases::*;
 pub use records::*;
 pub use sealed::*;
 
-/// Why the store refused or failed.
+/// Which uniqueness rule a write broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UniqueKey {
+    /// A record's own id (a reused id).
+    Id,
+    /// A name within its scope (a connection within its project, an OAuth client within
+    /// its project or among the globals).
+    Name,
+    /// The state (hash) of a pending authorization.
+    State,
+    /// The id of a connection event.
+    EventId,
+}
+
+impl UniqueKey {
+    /// The key as a short technical word, for logs and error mapping.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UniqueKey::Id => "id",
+            UniqueKey::Name => "name",
+            UniqueKey::State => "state",
+            UniqueKey::EventId => "event id",
+        }
+    }
+}
+
+/// Why the store refused or failed. Variants carry facts, not sentences: the app words
+/// what a user reads.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The row changed since it was read (compare-and-set on the version or lease failed).
-    #[error("the record was changed concurrently")]
+    #[error("compare-and-set conflict")]
     Conflict,
-    /// A uniqueness rule was violated (for example a connection name within a project).
-    #[error("duplicate {0}")]
-    Duplicate(&'static str),
-    /// The record is referenced and cannot be deleted.
-    #[error("{0}")]
-    InUse(String),
+    /// A uniqueness rule was violated, recognised by the database's constraint.
+    #[error("duplicate {}", .0.as_str())]
+    Duplicate(UniqueKey),
+    /// The record is referenced by `references` others and cannot be deleted.
+    #[error("in use by {references} reference(s)")]
+    InUse { references: u64 },
     #[error("record not found")]
     NotFound,
     /// The project already holds the most connections it may (`insert_connection_capped`).
-    #[error("the project already has {limit} connections, the most it may have")]
+    #[error("connection limit {limit} reached")]
     LimitReached { limit: u64 },
     /// The database failed or could not be reached. The message is for logs only.
     #[error("database error: {0}")]
