@@ -125,7 +125,8 @@ impl Latchkey {
             name,
             project_id,
             kind,
-            config: parsed.public,
+            // `kind` is an OAuth type (checked above), which parses to OAuth settings.
+            config: parsed.config.oauth().cloned().unwrap_or_default(),
             client_secret: None,
             created_at: self.now(),
         };

@@ -255,7 +255,7 @@ impl Latchkey {
             name,
             kind,
             status: initial_status(kind),
-            config: parsed.public,
+            config: parsed.config,
             secrets: None,
             oauth2_client_id,
             grant: None,
@@ -408,7 +408,7 @@ impl Latchkey {
                 c.apply(LifecycleEvent::SecretReplaced, now)?;
                 // Not a status change, but worth a line in the history: who rotated what, when.
                 events.push(self.event(&c, Some(from), "secret_replaced", None));
-                c.config = parsed.public;
+                c.config = parsed.config;
                 c.secrets = self.seal_fields(&parsed.secrets, &Self::secrets_ctx(&c))?;
             }
             match self.svc.connections.update_connection(&c, &events).await {
@@ -582,21 +582,14 @@ impl Latchkey {
                         api_key: take("api_key")?,
                     },
                     ConnectionType::Basic => Credentials::Basic {
-                        username: c
-                            .config
-                            .get("username")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned(),
+                        username: c.config.username().unwrap_or_default().to_owned(),
                         password: take("password")?,
                     },
                     _ => {
                         let mut fields: BTreeMap<String, SecretString> = secrets.0.clone();
-                        if let Some(public) = c.config.get("fields").and_then(Value::as_object) {
-                            for (k, v) in public {
-                                if let Some(value) = v.get("value").and_then(Value::as_str) {
-                                    fields.insert(k.clone(), SecretString::from(value.to_owned()));
-                                }
+                        if let Some(custom) = c.config.custom_fields() {
+                            for (k, value) in custom.public_values() {
+                                fields.insert(k.to_owned(), SecretString::from(value.to_owned()));
                             }
                         }
                         Credentials::Custom { fields }

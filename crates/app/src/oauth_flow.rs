@@ -155,7 +155,7 @@ impl Latchkey {
             code: StateCode::NotOAuth,
             message: format!("a {} connection has no OAuth flow", c.kind),
         })?;
-        let settings = OAuthSettings::from_public_json(&c.config);
+        let settings = c.config.oauth().cloned().unwrap_or_default();
         let inline_secret = self
             .open_fields(c.secrets.as_ref(), &Self::secrets_ctx(c))?
             .get("client_secret")
@@ -176,7 +176,7 @@ impl Latchkey {
                     .as_ref()
                     .map(|s| self.open_str(s, &Self::client_secret_ctx(&client)))
                     .transpose()?;
-                Some((OAuthSettings::from_public_json(&client.config), secret))
+                Some((client.config, secret))
             }
             None if settings.client_id.is_none() => {
                 self.settings.default_clients.get(&provider).map(|d| {

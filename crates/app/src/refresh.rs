@@ -18,8 +18,7 @@ use latchkey_domain::oauth::{ResolvedProvider, TokenResponse};
 use latchkey_domain::refresh::is_past_expiry;
 use latchkey_domain::sealed::fields;
 use latchkey_domain::{
-    Connection, ConnectionId, Grant, Lease, LifecycleEvent, OAuthSettings, RefreshSchedule,
-    SealContext, Status,
+    Connection, ConnectionId, Grant, Lease, LifecycleEvent, RefreshSchedule, SealContext, Status,
 };
 use latchkey_ports::{OAuthError, RefreshExchange, Revocation, StoreError};
 
@@ -1085,7 +1084,7 @@ fn same_grant(a: &Connection, b: &Connection) -> bool {
 /// catalog provider (each of which has one token endpoint). Known without any I/O, so
 /// that discovery itself runs inside the host's limit.
 fn provider_host(c: &Connection) -> String {
-    let settings = OAuthSettings::from_public_json(&c.config);
+    let settings = c.config.oauth().cloned().unwrap_or_default();
     let authority = |u: &str| {
         url::Url::parse(u).ok().map(|u| {
             format!(

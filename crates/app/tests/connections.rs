@@ -14,8 +14,8 @@ use latchkey_app::{
 };
 use latchkey_domain::sealed::fields;
 use latchkey_domain::{
-    Connection, ConnectionId, ConnectionName, ConnectionType, DomainError, ProjectId,
-    RefreshSchedule, Scope, Status,
+    Connection, ConnectionConfig, ConnectionId, ConnectionName, ConnectionType, DomainError,
+    ProjectId, RefreshSchedule, Scope, Status,
 };
 use latchkey_ports::{
     CipherError, MockCipher, MockConnectionStore, MockProviderClient, StoreError,
@@ -73,8 +73,8 @@ async fn create_stores_the_secrets_of_each_simple_type_sealed() {
         );
         assert_eq!(stored.status, Status::Active, "{kind}");
         assert!(
-            !stored.config.to_string().contains(secret),
-            "{kind}: config holds no secret: {}",
+            !stored.config.to_public_json().to_string().contains(secret),
+            "{kind}: config holds no secret: {:?}",
             stored.config
         );
         let sealed = stored.secrets.as_ref().expect("secrets are stored");
@@ -107,7 +107,10 @@ async fn create_stores_the_secrets_of_each_simple_type_sealed() {
             .items[0]
             .id,
     );
-    assert_eq!(custom.config["fields"]["host"]["value"], "db.local");
+    assert_eq!(
+        custom.config.to_public_json()["fields"]["host"]["value"],
+        "db.local"
+    );
 }
 
 #[tokio::test]
@@ -130,7 +133,11 @@ async fn create_oauth_types_start_incomplete_without_grant() {
         assert_eq!(stored.status, Status::Incomplete, "{kind}");
         assert_eq!(stored.grant, None);
         assert_eq!(stored.refresh, RefreshSchedule::default());
-        assert!(!stored.config.to_string().contains("inline-client-secret"));
+        assert!(!stored
+            .config
+            .to_public_json()
+            .to_string()
+            .contains("inline-client-secret"));
         if let Some(s) = &stored.secrets {
             assert!(!contains(&s.0, "inline-client-secret"));
         }
@@ -471,7 +478,7 @@ fn api_key_connection(version: i64) -> Connection {
         name,
         kind: ConnectionType::ApiKey,
         status: Status::Active,
-        config: json!({}),
+        config: ConnectionConfig::ApiKey,
         secrets: None,
         oauth2_client_id: None,
         grant: None,

@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
 
 use latchkey_app::{AppError, CallbackError, CallbackParams, CreateOAuthClient, Latchkey};
-use latchkey_domain::{DomainError, OAuthClientId, Scope};
+use latchkey_domain::{ConnectionConfig, DomainError, OAuthClientId, Scope};
 use latchkey_ports::MockProviderClient;
 
 use support::*;
@@ -184,7 +184,9 @@ async fn the_registered_secret_goes_only_to_the_registered_endpoint() {
         "issuer",
     ] {
         h.store.write_behind_our_back(c.id, |c| {
-            c.config["oauth2_config"] = json!({ field: format!("{ATTACKER}/x") });
+            let mut stored = c.config.to_public_json();
+            stored["oauth2_config"] = json!({ field: format!("{ATTACKER}/x") });
+            c.config = ConnectionConfig::from_public_json(c.kind, &stored).unwrap();
         });
         let err = h.app.start_authorization(&admin(), c.id).await.unwrap_err();
         assert_eq!(invalid_config_field(&err), format!("oauth2_config.{field}"));

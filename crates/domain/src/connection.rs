@@ -13,6 +13,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::config::ConnectionConfig;
 use crate::ids::{ConnectionId, OAuthClientId, ProjectId};
 use crate::provider::Provider;
 use crate::sealed::Sealed;
@@ -320,7 +321,7 @@ pub struct Connection {
     pub kind: ConnectionType,
     pub status: Status,
     /// The non-secret part of the configuration; shown back by the management API.
-    pub config: serde_json::Value,
+    pub config: ConnectionConfig,
     /// The secret part (api key, password, secret custom fields, an inline OAuth client
     /// secret), sealed as one JSON object.
     pub secrets: Option<Sealed>,

@@ -40,7 +40,10 @@ pub mod records;
 pub mod refresh;
 pub mod sealed;
 
-pub use config::{parse_config, OAuthSettings, ParsedConfig, SecretFields, UrlPolicy};
+pub use config::{
+    parse_config, ConnectionConfig, CustomField, CustomFields, OAuthSettings, ParsedConfig,
+    SecretFields, UrlPolicy,
+};
 pub use connection::{
     initial_status, transition, Connection, ConnectionName, ConnectionType, Grant, Lease,
     LifecycleEvent, RefreshSchedule, Status,

@@ -380,7 +380,9 @@ mod tests {
         let kind: ConnectionType = kind.parse().unwrap();
         parse_config(kind, &config, &UrlPolicy::default())
             .unwrap()
-            .oauth
+            .config
+            .oauth()
+            .cloned()
             .unwrap()
     }
 

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::config::OAuthSettings;
 use crate::connection::{ConnectionName, ConnectionType, Status};
 use crate::ids::{AccessKeyId, ConnectionId, EventId, FlowId, OAuthClientId, ProjectId};
 use crate::sealed::Sealed;
@@ -156,8 +157,8 @@ pub struct OAuthClient {
     pub project_id: Option<ProjectId>,
     /// A provider type or `oauth2`.
     pub kind: ConnectionType,
-    /// Non-secret settings (`client_id`, endpoints), as [`crate::config::OAuthSettings`] JSON.
-    pub config: serde_json::Value,
+    /// Non-secret settings (`client_id`, endpoints).
+    pub config: OAuthSettings,
     pub client_secret: Option<Sealed>,
     pub created_at: DateTime<Utc>,
 }

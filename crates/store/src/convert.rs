@@ -5,8 +5,9 @@
 use std::str::FromStr;
 
 use latchkey_domain::{
-    AccessKey, AuthSession, Connection, ConnectionEvent, ConnectionName, ConnectionType, Grant,
-    Lease, OAuthClient, RefreshSchedule, Sealed, Status, Usage,
+    AccessKey, AuthSession, Connection, ConnectionConfig, ConnectionEvent, ConnectionName,
+    ConnectionType, Grant, Lease, OAuthClient, OAuthSettings, RefreshSchedule, Sealed, Status,
+    Usage,
 };
 use latchkey_ports::StoreError;
 use sea_orm::ActiveValue::{NotSet, Set};
@@ -97,7 +98,7 @@ pub(crate) fn connection_row(c: &Connection) -> connections::ActiveModel {
         name: Set(c.name.as_str().to_owned()),
         kind: Set(c.kind.as_str().to_owned()),
         status: Set(c.status.as_str().to_owned()),
-        config: Set(c.config.to_string()),
+        config: Set(c.config.to_public_json().to_string()),
         secrets: Set(c.secrets.as_ref().map(|s| s.0.clone())),
         oauth2_client_id: Set(c.oauth2_client_id.map(|id| id.to_string())),
         access_token: Set(g.access_token),
@@ -147,13 +148,15 @@ pub(crate) fn connection_from_row(m: connections::Model) -> Result<Connection, S
         // Both columns are always written together; a half lease is no lease.
         _ => None,
     };
+    let kind = parse::<ConnectionType>(T, id, "kind", &m.kind)?;
     Ok(Connection {
         id: parse(T, id, "id", id)?,
         project_id: parse(T, id, "project_id", &m.project_id)?,
         name: ConnectionName::parse(&m.name).map_err(|e| corrupt(T, id, "name", e))?,
-        kind: parse::<ConnectionType>(T, id, "kind", &m.kind)?,
+        kind,
         status: parse::<Status>(T, id, "status", &m.status)?,
-        config: json_value(T, id, "config", &m.config)?,
+        config: ConnectionConfig::from_public_json(kind, &json_value(T, id, "config", &m.config)?)
+            .map_err(|e| corrupt(T, id, "config", e))?,
         secrets: m.secrets.map(Sealed),
         oauth2_client_id: m
             .oauth2_client_id
@@ -271,7 +274,7 @@ pub(crate) fn oauth_client_row(c: &OAuthClient) -> oauth_clients::ActiveModel {
             .map_or(oauth_clients::GLOBAL_SCOPE, |p| p.as_str())
             .to_owned()),
         kind: Set(c.kind.as_str().to_owned()),
-        config: Set(c.config.to_string()),
+        config: Set(c.config.to_public_json().to_string()),
         client_secret: Set(c.client_secret.as_ref().map(|s| s.0.clone())),
         created_at: Set(to_millis(c.created_at)),
     }
@@ -289,7 +292,7 @@ pub(crate) fn oauth_client_from_row(m: oauth_clients::Model) -> Result<OAuthClie
             .map(|v| parse(T, id, "project_id", v))
             .transpose()?,
         kind: parse(T, id, "kind", &m.kind)?,
-        config: json_value(T, id, "config", &m.config)?,
+        config: OAuthSettings::from_public_json(&json_value(T, id, "config", &m.config)?),
         client_secret: m.client_secret.map(Sealed),
         created_at: from_millis(m.created_at)?,
     })

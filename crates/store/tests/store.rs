@@ -10,8 +10,8 @@ use std::collections::HashSet;
 
 use common::*;
 use latchkey_domain::{
-    AccessKeyId, ConnectionEvent, ConnectionId, ConnectionType, EventCursor, FlowId, OAuthClientId,
-    Provider, RefreshSchedule, Sealed, Status,
+    AccessKeyId, ConnectionConfig, ConnectionEvent, ConnectionId, ConnectionType, EventCursor,
+    FlowId, OAuthClientId, OAuthSettings, Provider, RefreshSchedule, Sealed, Status,
 };
 use latchkey_ports::{
     AccessKeyStore, ActivityStore, AuthSessionStore, ConnectionQuery, ConnectionStore, EventQuery,
@@ -274,8 +274,15 @@ mod cases {
         full.updated_at = t_ms(7_777);
         full.last_used_at = Some(t_ms(8_888));
         full.version = 7;
-        full.config = serde_json::json!({
-            "nested": {"a": [1, 2, {"b": null}]}, "unicode": "✓", "big": 12345678901234i64
+        full.config = ConnectionConfig::OAuth(OAuthSettings {
+            scopes: Some(vec!["openid".into(), "ü".into()]),
+            client_id: Some("client ✓".into()),
+            issuer: Some("https://idp.example".into()),
+            token_endpoint_auth_method: Some(latchkey_domain::TokenAuthMethod::ClientSecretPost),
+            extra_authorization_params: [("prompt".to_owned(), "consent".to_owned())].into(),
+            pkce: Some(false),
+            tenant: Some("contoso.example".into()),
+            ..OAuthSettings::default()
         });
         store
             .insert_connection(&full, &created(&full))
@@ -299,6 +306,7 @@ mod cases {
 
         let mut incomplete = api_key("p1", "incomplete");
         incomplete.kind = ConnectionType::OAuth(Provider::Generic);
+        incomplete.config = ConnectionConfig::OAuth(OAuthSettings::default());
         incomplete.status = Status::Incomplete;
         incomplete.secrets = None;
         store
@@ -529,7 +537,10 @@ mod cases {
         next.grant = None;
         next.refresh = RefreshSchedule::default();
         next.last_error = Some("invalid_grant".into());
-        next.config = serde_json::json!({"changed": true});
+        next.config = ConnectionConfig::OAuth(OAuthSettings {
+            client_id: Some("changed".into()),
+            ..OAuthSettings::default()
+        });
         next.secrets = Some(Sealed(vec![42]));
         next.updated_at = t(50);
         let ev = event(
@@ -1226,7 +1237,7 @@ mod cases {
         // lease and then save with the new version.
         let mut renamed = store.get_connection(c.id).await.unwrap().unwrap();
         renamed.name = name("renamed by user");
-        renamed.config = serde_json::json!({"user": "edit"});
+        renamed.config = user_edit();
         renamed.version = c.version;
         renamed.version = store.update_connection(&renamed, &[]).await.unwrap();
         let err = store
@@ -1260,7 +1271,7 @@ mod cases {
         assert_eq!(got, want);
         // Name, config, status, secrets and usage untouched.
         assert_eq!(got.name, name("renamed by user"));
-        assert_eq!(got.config, serde_json::json!({"user": "edit"}));
+        assert_eq!(got.config, user_edit());
         assert_eq!(got.status, Status::Active);
         assert_eq!(got.last_used_at, Some(t(9)));
 
@@ -1851,4 +1862,12 @@ async fn sqlite_url_without_mode_creates_the_file() {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+}
+
+/// A configuration a user edit could leave on an OAuth connection.
+fn user_edit() -> ConnectionConfig {
+    ConnectionConfig::OAuth(OAuthSettings {
+        scopes: Some(vec!["edited".into()]),
+        ..OAuthSettings::default()
+    })
 }

@@ -91,7 +91,7 @@ pub fn oauth_client(c: &OAuthClient) -> Value {
         "name": c.name,
         "project_id": c.project_id,
         "type": c.kind,
-        "client_id": c.config.pointer("/oauth2_config/client_id"),
+        "client_id": c.config.client_id,
         "config": c.config,
         "has_client_secret": c.client_secret.is_some(),
         "created_at": c.created_at,

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use latchkey_domain::{
-    AccessKey, AccessKeyId, AuthSession, Connection, ConnectionEvent, ConnectionId, ConnectionName,
-    ConnectionType, EventId, Grant, Lease, OAuthClient, OAuthClientId, ProjectId, Provider,
-    RefreshSchedule, Scope, Sealed, Status,
+    AccessKey, AccessKeyId, AuthSession, Connection, ConnectionConfig, ConnectionEvent,
+    ConnectionId, ConnectionName, ConnectionType, EventId, Grant, Lease, OAuthClient,
+    OAuthClientId, OAuthSettings, ProjectId, Provider, RefreshSchedule, Scope, Sealed, Status,
 };
 use latchkey_store::SeaStore;
 use sea_orm::{ConnectionTrait, Database};
@@ -194,7 +194,7 @@ pub fn api_key(project_id: &str, n: &str) -> Connection {
         name: name(n),
         kind: ConnectionType::ApiKey,
         status: Status::Active,
-        config: serde_json::json!({}),
+        config: ConnectionConfig::ApiKey,
         secrets: Some(Sealed(b"sealed-api-key".to_vec())),
         oauth2_client_id: None,
         grant: None,
@@ -213,7 +213,11 @@ pub fn oauth(project_id: &str, n: &str, due: Option<i64>, expires: Option<i64>) 
     Connection {
         kind: google(),
         status: Status::Active,
-        config: serde_json::json!({"client_id": "abc", "scopes": ["openid"], "n": 1.5}),
+        config: ConnectionConfig::OAuth(OAuthSettings {
+            client_id: Some("abc".into()),
+            scopes: Some(vec!["openid".into()]),
+            ..OAuthSettings::default()
+        }),
         secrets: None,
         grant: Some(grant(t(0), expires.map(t))),
         authorized_user: Some(serde_json::json!({"email": "a@example.com", "sub": 42})),
@@ -276,7 +280,11 @@ pub fn oauth_client(project_id: Option<&str>, n: &str) -> OAuthClient {
         name: name(n),
         project_id: project_id.map(project),
         kind: ConnectionType::OAuth(Provider::Generic),
-        config: serde_json::json!({"client_id": "cid", "token_url": "https://t"}),
+        config: OAuthSettings {
+            client_id: Some("cid".into()),
+            token_endpoint: Some("https://t/".into()),
+            ..OAuthSettings::default()
+        },
         client_secret: Some(Sealed(vec![1, 2, 3, 4])),
         created_at: t_ms(1_234),
     }
