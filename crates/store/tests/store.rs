@@ -507,7 +507,10 @@ mod cases {
             .insert_connection(&again, &created(&again))
             .await
             .unwrap_err();
-        assert!(matches!(err, StoreError::Duplicate(UniqueKey::Id)), "{err:?}");
+        assert!(
+            matches!(err, StoreError::Duplicate(UniqueKey::Id)),
+            "{err:?}"
+        );
 
         // Same name in another project is fine.
         let c = api_key("p2", "same");

@@ -1,159 +1,20 @@
-//! Schema migrations. Each migration is frozen once released: later changes are new
-//! migrations. Identifiers are spelled here, not taken from the entities, so editing an
-//! entity never rewrites history.
+//! The first schema: every table, its keys and the indexes of the first release.
 
-use sea_orm::DbBackend;
 use sea_orm_migration::prelude::*;
 
-pub(crate) struct Migrator;
+use super::{
+    bytes_null, id_column, millis, millis_null, text, text_null, AccessKeys, AuthSessions,
+    ConnectionEvents, ConnectionUsages, Connections, Meta, OauthClients,
+};
 
-#[async_trait::async_trait]
-impl MigratorTrait for Migrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            Box::new(M0001Initial),
-            Box::new(M0002HistoryIndexes),
-            Box::new(crate::notify::M0003ChangeNotify),
-        ]
+pub(super) struct M0001Initial;
+
+// The name it was released under: the derive used to name it after its file, then
+// `migration.rs`. Databases record it, so it must never change.
+impl MigrationName for M0001Initial {
+    fn name(&self) -> &str {
+        "migration"
     }
-
-    /// Our own name, so the table cannot clash with another sea-orm application
-    /// sharing the database.
-    fn migration_table_name() -> DynIden {
-        Alias::new("latchkey_migrations").into_iden()
-    }
-}
-
-#[derive(DeriveMigrationName)]
-struct M0001Initial;
-
-#[derive(DeriveIden)]
-enum OauthClients {
-    Table,
-    Id,
-    Name,
-    ProjectId,
-    Scope,
-    Kind,
-    Config,
-    ClientSecret,
-    CreatedAt,
-}
-
-#[derive(DeriveIden)]
-enum Connections {
-    Table,
-    Id,
-    ProjectId,
-    Name,
-    Kind,
-    Status,
-    Config,
-    Secrets,
-    Oauth2ClientId,
-    AccessToken,
-    RefreshToken,
-    TokenType,
-    Scopes,
-    ObtainedAt,
-    ExpiresAt,
-    AuthorizedUser,
-    RefreshDueAt,
-    RefreshFailures,
-    LeaseOwner,
-    LeaseUntil,
-    LastError,
-    CreatedAt,
-    UpdatedAt,
-    LastUsedAt,
-    Version,
-}
-
-#[derive(DeriveIden)]
-enum ConnectionEvents {
-    Table,
-    Seq,
-    Id,
-    ConnectionId,
-    At,
-    FromStatus,
-    ToStatus,
-    Kind,
-    Reason,
-}
-
-#[derive(DeriveIden)]
-enum ConnectionUsages {
-    Table,
-    ConnectionId,
-    FlowId,
-    FirstUsedAt,
-    LastUsedAt,
-    UseCount,
-}
-
-#[derive(DeriveIden)]
-enum AuthSessions {
-    Table,
-    StateHash,
-    ConnectionId,
-    ProjectId,
-    PkceVerifier,
-    TokenEndpoint,
-    RedirectUri,
-    Issuer,
-    RequireIss,
-    CreatedAt,
-    ExpiresAt,
-}
-
-#[derive(DeriveIden)]
-enum AccessKeys {
-    Table,
-    Id,
-    ProjectId,
-    Name,
-    Scopes,
-    SecretHash,
-    CreatedAt,
-}
-
-#[derive(DeriveIden)]
-enum Meta {
-    Table,
-    Key,
-    Value,
-}
-
-/// A text id column that sorts bytewise: connection listings page by id, and a
-/// locale collation on PostgreSQL could order differently from the cursor comparison.
-fn id_column<T: IntoIden>(backend: DbBackend, name: T) -> ColumnDef {
-    let mut col = ColumnDef::new(name);
-    col.text().not_null();
-    if backend == DbBackend::Postgres {
-        col.extra("COLLATE \"C\"");
-    }
-    col
-}
-
-fn text<T: IntoIden>(name: T) -> ColumnDef {
-    ColumnDef::new(name).text().not_null().to_owned()
-}
-
-fn text_null<T: IntoIden>(name: T) -> ColumnDef {
-    ColumnDef::new(name).text().null().to_owned()
-}
-
-fn millis<T: IntoIden>(name: T) -> ColumnDef {
-    ColumnDef::new(name).big_integer().not_null().to_owned()
-}
-
-fn millis_null<T: IntoIden>(name: T) -> ColumnDef {
-    ColumnDef::new(name).big_integer().null().to_owned()
-}
-
-fn bytes_null<T: IntoIden>(name: T) -> ColumnDef {
-    ColumnDef::new(name).blob().null().to_owned()
 }
 
 // The trait spells `&SchemaManager` without a lifetime; matching it exactly is required.
@@ -440,76 +301,6 @@ impl MigrationTrait for M0001Initial {
             OauthClients::Table.into_iden(),
         ] {
             m.drop_table(Table::drop().table(table).if_exists().to_owned())
-                .await?;
-        }
-        Ok(())
-    }
-}
-
-/// Indexes for retention and for the bounded listings of events and usages.
-struct M0002HistoryIndexes;
-
-// Named by hand: the derive names a migration after its file, and this file holds several.
-impl MigrationName for M0002HistoryIndexes {
-    fn name(&self) -> &str {
-        "m0002_history_indexes"
-    }
-}
-
-#[allow(elided_lifetimes_in_paths)]
-#[async_trait::async_trait]
-impl MigrationTrait for M0002HistoryIndexes {
-    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        // Retention deletes events by time across every connection.
-        m.create_index(
-            Index::create()
-                .name("ix_connection_events_at")
-                .table(ConnectionEvents::Table)
-                .col(ConnectionEvents::At)
-                .if_not_exists()
-                .to_owned(),
-        )
-        .await?;
-        // Retention deletes usages by last use across every connection.
-        m.create_index(
-            Index::create()
-                .name("ix_connection_usages_last_used")
-                .table(ConnectionUsages::Table)
-                .col(ConnectionUsages::LastUsedAt)
-                .if_not_exists()
-                .to_owned(),
-        )
-        .await?;
-        // A connection's most recently used flows, without sorting all of them.
-        m.create_index(
-            Index::create()
-                .name("ix_connection_usages_recent")
-                .table(ConnectionUsages::Table)
-                .col(ConnectionUsages::ConnectionId)
-                .col(ConnectionUsages::LastUsedAt)
-                .if_not_exists()
-                .to_owned(),
-        )
-        .await?;
-        Ok(())
-    }
-
-    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        for (name, table) in [
-            (
-                "ix_connection_usages_recent",
-                ConnectionUsages::Table.into_iden(),
-            ),
-            (
-                "ix_connection_usages_last_used",
-                ConnectionUsages::Table.into_iden(),
-            ),
-            (
-                "ix_connection_events_at",
-                ConnectionEvents::Table.into_iden(),
-            ),
-        ] {
-            m.drop_index(Index::drop().name(name).table(table).if_exists().to_owned())
                 .await?;
         }
         Ok(())
