@@ -12,6 +12,8 @@
 //!   [`Entropy`].
 
 pub mod cipher;
+#[cfg(feature = "contract")]
+pub mod contract;
 pub mod provider;
 pub mod store;
 pub mod system;
