@@ -58,42 +58,7 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 impl Application {
     /// Opens the database, checks the master keys against it, and binds the listener.
     pub async fn build(mut config: Config) -> anyhow::Result<Self> {
-        let store = SeaStore::connect(&config.database_url)
-            .await
-            .with_context(|| {
-                format!(
-                    "connecting to the database at {}",
-                    redact_url(&config.database_url)
-                )
-            })?;
-        store
-            .migrate()
-            .await
-            .context("running database migrations")?;
-        let (ring, source) = match keys::load_and_check(&config, &store).await {
-            Ok(r) => r,
-            Err(e) => {
-                // Refusing to start must leave the database byte for byte as found:
-                // closing the pool would let SQLite checkpoint its WAL into the main
-                // file on the last close. The process is about to exit anyway.
-                std::mem::forget(store);
-                return Err(e.into());
-            }
-        };
-        match &source {
-            keys::KeySource::Generated(path) => tracing::warn!(
-                path = %path.display(),
-                "NO MASTER KEY WAS CONFIGURED: generated a new one into {}. Back it up: without it the stored credentials cannot be read. Set LATCHKEY_MASTER_KEYS in production.",
-                path.display()
-            ),
-            keys::KeySource::File(path) => {
-                tracing::info!(path = %path.display(), "master key read from file")
-            }
-            keys::KeySource::Environment => {
-                tracing::info!(keys = %ring.key_ids().join(","), "master keys from LATCHKEY_MASTER_KEYS")
-            }
-        }
-
+        let (store, ring) = open_checked(&config).await?;
         let listener = TcpListener::bind(config.listen)
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
@@ -120,15 +85,7 @@ impl Application {
                 .collect();
             tracing::warn!(ranges = %ranges.join(","), "provider calls may reach these non-public ranges (LATCHKEY_ALLOW_PRIVATE_NETWORKS)");
         }
-        let state = web::Data::new(http::AppState {
-            app: app.clone(),
-            store,
-            admin_token: config.admin_token.clone(),
-            ui_origin: config.ui_target_origin(),
-            ring,
-            gauges: telemetry::Gauges::default(),
-            jobs: job_health.clone(),
-        });
+        let state = http_state(&config, store, app.clone(), ring, job_health.clone());
         if config.admin_token.is_none() {
             tracing::warn!("LATCHKEY_ADMIN_TOKEN is not set: no admin key exists, so no access key can be created");
         }
@@ -159,6 +116,65 @@ impl Application {
         self.hot_path.shutdown().await;
         r
     }
+}
+
+/// Opens and migrates the database, then checks the master keys against it: a wrong key
+/// refuses start-up before any data is touched.
+async fn open_checked(config: &Config) -> anyhow::Result<(SeaStore, KeyRing)> {
+    let store = open_store(config).await?;
+    let (ring, source) = match keys::load_and_check(config, &store).await {
+        Ok(r) => r,
+        Err(e) => {
+            // Refusing to start must leave the database byte for byte as found:
+            // closing the pool would let SQLite checkpoint its WAL into the main
+            // file on the last close. The process is about to exit anyway.
+            std::mem::forget(store);
+            return Err(e.into());
+        }
+    };
+    match &source {
+        keys::KeySource::Generated(path) => tracing::warn!(
+            path = %path.display(),
+            "NO MASTER KEY WAS CONFIGURED: generated a new one into {}. Back it up: without it the stored credentials cannot be read. Set LATCHKEY_MASTER_KEYS in production.",
+            path.display()
+        ),
+        keys::KeySource::File(path) => {
+            tracing::info!(path = %path.display(), "master key read from file")
+        }
+        keys::KeySource::Environment => {
+            tracing::info!(keys = %ring.key_ids().join(","), "master keys from LATCHKEY_MASTER_KEYS")
+        }
+    }
+    Ok((store, ring))
+}
+
+fn http_state(
+    config: &Config,
+    store: SeaStore,
+    app: Arc<Latchkey>,
+    ring: Arc<KeyRing>,
+    jobs: Option<Arc<jobs::JobHealth>>,
+) -> web::Data<http::AppState> {
+    web::Data::new(http::AppState {
+        app,
+        store,
+        admin_token: config.admin_token.clone(),
+        ui_origin: config.ui_target_origin(),
+        ring,
+        gauges: telemetry::Gauges::default(),
+        jobs,
+    })
+}
+
+/// The state of [`http::app`] as the server builds it (database opened and migrated,
+/// master keys checked, adapters wired), without a listener, the background jobs or the
+/// change-feed follower: every read goes to the database and flow use is not flushed.
+/// The in-process HTTP tests serve `http::app(app_state(&config).await?)`.
+pub async fn app_state(config: &Config) -> anyhow::Result<web::Data<http::AppState>> {
+    let (store, ring) = open_checked(config).await?;
+    let ring = Arc::new(ring);
+    let app = Arc::new(wire(config, &store, ring.clone())?);
+    Ok(http_state(config, store, app, ring, None))
 }
 
 /// Wires the adapters into the use cases (the server and the CLI's commands).

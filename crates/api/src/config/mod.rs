@@ -1,4 +1,9 @@
-//! Configuration from environment variables. The only place that reads them.
+//! Configuration from environment variables. The only place that reads them: `Config`
+//! and what each variable means here, the forms of values in `parse`, and the wiping of
+//! the secret ones from the process in `environ`.
+
+mod environ;
+mod parse;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -7,6 +12,11 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use zeroize::Zeroize;
+
+pub use environ::is_secret_var;
+use environ::wipe_initial_environment;
+pub use parse::parse_duration;
+use parse::{parse_bool, parse_count, parse_duration_var};
 
 use latchkey_app::DefaultClient;
 use latchkey_domain::{IpNet, Provider};
@@ -58,17 +68,6 @@ pub struct Config {
     pub max_connections_per_project: u64,
     /// Start even when the master key file is readable by group or others (with a warning).
     pub allow_insecure_key_file: bool,
-}
-
-/// Whether a variable holds a secret that must not stay in the process environment once
-/// read: the master keys, the admin token, OAuth client secrets (and any other
-/// `LATCHKEY_*` key, token or secret), and the database URL, which may carry a password.
-pub fn is_secret_var(name: &str) -> bool {
-    name.starts_with("LATCHKEY_")
-        && (name == "LATCHKEY_DATABASE_URL"
-            || ["_KEY", "_KEYS", "_TOKEN", "_SECRET"]
-                .iter()
-                .any(|suffix| name.ends_with(suffix)))
 }
 
 impl Config {
@@ -249,141 +248,6 @@ impl Config {
     }
 }
 
-fn parse_bool(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: bool,
-) -> Result<bool, ConfigError> {
-    match get(var).as_deref().map(str::to_ascii_lowercase).as_deref() {
-        None => Ok(default),
-        Some("1" | "true" | "yes" | "on") => Ok(true),
-        Some("0" | "false" | "no" | "off") => Ok(false),
-        Some(other) => Err(invalid(
-            var,
-            format!("expected true or false, got {other:?}"),
-        )),
-    }
-}
-
-/// A count between 1 and 1024.
-fn parse_count(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: usize,
-) -> Result<usize, ConfigError> {
-    match get(var) {
-        None => Ok(default),
-        Some(v) => match v.trim().parse::<usize>() {
-            Ok(n) if (1..=1024).contains(&n) => Ok(n),
-            _ => Err(invalid(
-                var,
-                format!("expected a whole number from 1 to 1024, got {v:?}"),
-            )),
-        },
-    }
-}
-
-fn parse_duration_var(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    match get(var) {
-        None => Ok(default),
-        Some(v) => parse_duration(&v).map_err(|reason| invalid(var, reason)),
-    }
-}
-
-/// Overwrites, with zero bytes, the `NAME=value` strings of `names` in the block where
-/// the kernel placed the process's initial environment (`/proc/self/stat` fields
-/// `env_start` and `env_end`), through `/proc/self/mem`. Removing a variable only drops
-/// the C library's pointer to that string; the bytes stay, and `/proc/<pid>/environ`
-/// shows them to every process of the same user. Best effort: where this is not
-/// possible (not Linux, no /proc), the removal from the environment is what remains.
-///
-/// Sound only for strings nothing points to any more: call it after removing the
-/// variables, with no other thread running.
-#[cfg(target_os = "linux")]
-fn wipe_initial_environment(names: &[String]) {
-    use std::io::{Read, Seek, SeekFrom, Write};
-    if names.is_empty() {
-        return;
-    }
-    let Some((start, end)) = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| env_block(&stat))
-    else {
-        return;
-    };
-    let Ok(mut mem) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/proc/self/mem")
-    else {
-        return;
-    };
-    let Ok(len) = usize::try_from(end.saturating_sub(start)) else {
-        return;
-    };
-    let mut block = vec![0u8; len];
-    if mem.seek(SeekFrom::Start(start)).is_err() || mem.read_exact(&mut block).is_err() {
-        return;
-    }
-    let mut offset = 0;
-    for entry in block.split(|b| *b == 0) {
-        let name = entry.split(|b| *b == b'=').next().unwrap_or_default();
-        if !entry.is_empty() && names.iter().any(|n| n.as_bytes() == name) {
-            let zeros = vec![0u8; entry.len()];
-            let _ = mem
-                .seek(SeekFrom::Start(start + offset as u64))
-                .and_then(|_| mem.write_all(&zeros));
-        }
-        offset += entry.len() + 1;
-    }
-    block.zeroize();
-}
-
-#[cfg(not(target_os = "linux"))]
-fn wipe_initial_environment(_names: &[String]) {}
-
-/// `env_start` and `env_end` (fields 50 and 51) of a `/proc/<pid>/stat` line. The
-/// command name (field 2) is in parentheses and may hold spaces: fields are counted
-/// after its closing parenthesis.
-fn env_block(stat: &str) -> Option<(u64, u64)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3.
-    let start = fields.get(50 - 3)?.parse().ok()?;
-    let end = fields.get(51 - 3)?.parse().ok()?;
-    (start < end).then_some((start, end))
-}
-
-/// Seconds (`90`), or a number with a unit: `500ms`, `90s`, `5m`, `1h`, `90d`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration; use seconds or forms like 90s, 5m, 1h"))?;
-    let d = match unit.trim() {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        "d" => Duration::from_secs(n.saturating_mul(86_400)),
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {s:?}; use ms, s, m, h or d"
-            ))
-        }
-    };
-    if d.is_zero() {
-        return Err("must be greater than zero".into());
-    }
-    Ok(d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,28 +257,6 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
-    }
-
-    #[test]
-    fn durations() {
-        for (input, want) in [
-            ("90", Some(90_000)),
-            ("90s", Some(90_000)),
-            ("5m", Some(300_000)),
-            ("1h", Some(3_600_000)),
-            ("250ms", Some(250)),
-            ("90d", Some(90 * 86_400_000)),
-            ("0", None),
-            ("5x", None),
-            ("m", None),
-            ("-1", None),
-        ] {
-            assert_eq!(
-                parse_duration(input).ok().map(|d| d.as_millis() as u64),
-                want,
-                "{input}"
-            );
-        }
     }
 
     #[test]
@@ -449,44 +291,6 @@ mod tests {
         assert_eq!(c.event_retention, Duration::from_secs(30 * 86_400));
         assert_eq!(c.max_connections_per_project, 25);
         assert!(c.allow_insecure_key_file);
-    }
-
-    #[test]
-    fn secret_variables() {
-        for name in [
-            "LATCHKEY_MASTER_KEYS",
-            "LATCHKEY_ADMIN_TOKEN",
-            "LATCHKEY_OAUTH_GOOGLE_CLIENT_SECRET",
-            "LATCHKEY_DATABASE_URL",
-        ] {
-            assert!(is_secret_var(name), "{name}");
-        }
-        for name in [
-            "LATCHKEY_LISTEN",
-            "LATCHKEY_OAUTH_GOOGLE_CLIENT_ID",
-            "LATCHKEY_ALLOW_INSECURE_KEY_FILE",
-            "LATCHKEY_LOG",
-            "PATH",
-            "AWS_SECRET",
-        ] {
-            assert!(!is_secret_var(name), "{name}");
-        }
-    }
-
-    #[test]
-    fn the_environment_block_is_found_in_proc_stat() {
-        // A command name with spaces and parentheses, as the kernel prints it.
-        let mut fields: Vec<String> = (3..=52).map(|i| i.to_string()).collect();
-        fields[50 - 3] = "140737488347000".into();
-        fields[51 - 3] = "140737488349000".into();
-        let stat = format!("1234 (a (b) c) {}", fields.join(" "));
-        assert_eq!(env_block(&stat), Some((140737488347000, 140737488349000)));
-        assert_eq!(env_block("1 (x) S 2 3"), None);
-        #[cfg(target_os = "linux")]
-        {
-            let own = std::fs::read_to_string("/proc/self/stat").unwrap();
-            assert!(env_block(&own).is_some(), "{own}");
-        }
     }
 
     #[test]
