@@ -125,9 +125,14 @@ async fn the_store_keeps_the_lease_and_version_contracts() {
 #[tokio::test]
 async fn sessions_are_single_use_and_purged_when_expired() {
     let s = FakeStore::default();
+    // A session belongs to a connection, as the real store's foreign key requires.
+    let c = latchkey_ports::contract::fixtures::api_key(PROJECT, "c");
+    s.insert_connection(&c, &latchkey_ports::contract::fixtures::created(&c))
+        .await
+        .unwrap();
     let session = AuthSession {
         state_hash: "h".into(),
-        connection_id: latchkey_domain::ConnectionId::from_random_bytes([1; 16]),
+        connection_id: c.id,
         project_id: latchkey_domain::ProjectId::parse(PROJECT).unwrap(),
         pkce_verifier: None,
         token_endpoint: "https://t".into(),
@@ -169,3 +174,48 @@ fn the_cipher_transforms_and_binds_to_its_context() {
     tampered.0.truncate(4);
     assert!(c.open(&tampered, &here).is_err());
 }
+
+/// The fake store runs the same contract as the sea-orm store
+/// (`crates/store/tests/store.rs`), one test per case.
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        mod contract {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    latchkey_ports::contract::$case(&latchkey_ports::fake::FakeStore::default())
+                        .await;
+                }
+            )*
+        }
+
+        #[test]
+        fn every_contract_case_runs() {
+            assert_eq!([$(stringify!($case)),*], latchkey_ports::contract::CASES);
+        }
+    };
+}
+
+contract!(
+    list_filters_and_paging,
+    duplicate_names,
+    update_compare_and_set,
+    delete_cascades,
+    connection_cap_per_project,
+    update_leaves_the_lease_alone,
+    events_keep_order,
+    events_are_paged,
+    usages_are_bounded_and_counted,
+    retention_purges_old_history_only,
+    due_for_refresh_order_limit_and_leases,
+    past_expiry,
+    expired_lease_can_be_reclaimed,
+    save_refreshed_grant_rules,
+    release_refresh_rules,
+    due_for_refresh_puts_the_earliest_deadline_first,
+    release_refresh_never_writes_over_a_newer_version,
+    drop_lease_clears_only_its_own_lease,
+    auth_session_take_is_single_use,
+    purge_auth_sessions,
+    oauth_clients,
+);

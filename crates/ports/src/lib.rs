@@ -14,6 +14,8 @@
 pub mod cipher;
 #[cfg(feature = "contract")]
 pub mod contract;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod provider;
 pub mod store;
 pub mod system;
