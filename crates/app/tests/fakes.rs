@@ -197,6 +197,7 @@ macro_rules! contract {
 }
 
 contract!(
+    round_trip_every_field,
     list_filters_and_paging,
     duplicate_names,
     update_compare_and_set,
@@ -218,4 +219,5 @@ contract!(
     auth_session_take_is_single_use,
     purge_auth_sessions,
     oauth_clients,
+    access_keys,
 );

@@ -7,9 +7,7 @@
 mod common;
 
 use common::*;
-use latchkey_domain::{
-    AccessKeyId, ConnectionConfig, ConnectionType, OAuthSettings, Provider, Sealed, Status,
-};
+use latchkey_domain::{Sealed, Status};
 use latchkey_ports::{
     AccessKeyStore, ActivityStore, AuthSessionStore, ConnectionQuery, ConnectionStore,
     OAuthClientStore, RefreshLeaseStore, SealedTable, SealedValueStore, StoreError,
@@ -44,12 +42,11 @@ macro_rules! suite {
 }
 
 suite!(
-    round_trip_every_field,
+    empty_until_data,
     usage_upsert,
     concurrent_creators_never_pass_the_cap,
     concurrent_claims_have_one_winner,
     concurrent_auth_session_takers,
-    access_keys,
     migrations_are_idempotent,
     concurrent_first_migrations,
     meta_put_if_absent,
@@ -91,6 +88,7 @@ macro_rules! contract {
 }
 
 contract!(
+    round_trip_every_field,
     list_filters_and_paging,
     duplicate_names,
     update_compare_and_set,
@@ -112,10 +110,31 @@ contract!(
     auth_session_take_is_single_use,
     purge_auth_sessions,
     oauth_clients,
+    access_keys,
 );
 
 mod cases {
     use super::*;
+
+    /// What `is_empty_db` counts as data (start-up decides on it whether a key ring may be
+    /// generated): a sealed client secret, an access key.
+    pub async fn empty_until_data(db: &TestDb) {
+        let store = db.store().await;
+        assert!(store.is_empty_db().await.unwrap());
+        store.ping().await.unwrap();
+        let client = oauth_client(Some("p1"), "shared app");
+        store.insert_oauth_client(&client).await.unwrap();
+        assert!(!store.is_empty_db().await.unwrap());
+
+        let other = TestDb::sqlite();
+        let keys_only = other.store().await;
+        assert!(keys_only.is_empty_db().await.unwrap());
+        keys_only
+            .insert_access_key(&access_key("p1", "ci", t(1)))
+            .await
+            .unwrap();
+        assert!(!keys_only.is_empty_db().await.unwrap());
+    }
 
     fn sealed(record: &latchkey_ports::SealedRecord, field: &str) -> Option<Sealed> {
         record
@@ -265,82 +284,6 @@ mod cases {
             store.get_meta("key_check").await.unwrap(),
             Some(b"canary-2".to_vec())
         );
-    }
-
-    pub async fn round_trip_every_field(db: &TestDb) {
-        let store = db.store().await;
-        assert!(store.is_empty_db().await.unwrap());
-        store.ping().await.unwrap();
-
-        let client = oauth_client(Some("p1"), "shared app");
-        store.insert_oauth_client(&client).await.unwrap();
-        // A sealed client secret is data: the database is no longer empty.
-        assert!(!store.is_empty_db().await.unwrap());
-
-        let mut full = oauth("p1", "Gmail - Support ü", Some(100), Some(3600));
-        full.oauth2_client_id = Some(client.id);
-        full.secrets = Some(Sealed((0..=255).collect()));
-        full.refresh.failures = 3;
-        full.refresh.lease = Some(lease("worker-1", t_ms(5_123)));
-        full.last_error = Some("provider said: slow down".into());
-        full.created_at = t_ms(-1_001);
-        full.updated_at = t_ms(7_777);
-        full.last_used_at = Some(t_ms(8_888));
-        full.version = 7;
-        full.config = ConnectionConfig::OAuth(OAuthSettings {
-            scopes: Some(vec!["openid".into(), "ü".into()]),
-            client_id: Some("client ✓".into()),
-            issuer: Some("https://idp.example".into()),
-            token_endpoint_auth_method: Some(latchkey_domain::TokenAuthMethod::ClientSecretPost),
-            extra_authorization_params: [("prompt".to_owned(), "consent".to_owned())].into(),
-            pkce: Some(false),
-            tenant: Some("contoso.example".into()),
-            ..OAuthSettings::default()
-        });
-        store
-            .insert_connection(&full, &created(&full))
-            .await
-            .unwrap();
-        assert_eq!(store.get_connection(full.id).await.unwrap().unwrap(), full);
-
-        // A grant without refresh token nor expiry, and no optional fields at all.
-        let mut bare = oauth("p1", "bare", None, None);
-        bare.grant = Some(latchkey_domain::Grant {
-            refresh_token: None,
-            scopes: vec![],
-            ..grant(t(5), None)
-        });
-        bare.authorized_user = None;
-        store
-            .insert_connection(&bare, &created(&bare))
-            .await
-            .unwrap();
-        assert_eq!(store.get_connection(bare.id).await.unwrap().unwrap(), bare);
-
-        let mut incomplete = api_key("p1", "incomplete");
-        incomplete.kind = ConnectionType::OAuth(Provider::Generic);
-        incomplete.config = ConnectionConfig::OAuth(OAuthSettings::default());
-        incomplete.status = Status::Incomplete;
-        incomplete.secrets = None;
-        store
-            .insert_connection(&incomplete, &created(&incomplete))
-            .await
-            .unwrap();
-        assert_eq!(
-            store.get_connection(incomplete.id).await.unwrap().unwrap(),
-            incomplete
-        );
-
-        assert!(store.get_connection(new_id()).await.unwrap().is_none());
-        let mut all = store
-            .list_connections(&ConnectionQuery::default())
-            .await
-            .unwrap();
-        let mut want = vec![full, bare, incomplete];
-        all.sort_by_key(|c| c.id);
-        want.sort_by_key(|c| c.id);
-        assert_eq!(all, want);
-        assert!(!store.is_empty_db().await.unwrap());
     }
 
     pub async fn usage_upsert(db: &TestDb) {
@@ -546,44 +489,6 @@ mod cases {
             }
             assert_eq!(taken, 1, "round {round}");
         }
-    }
-
-    pub async fn access_keys(db: &TestDb) {
-        let store = db.store().await;
-        assert!(store.is_empty_db().await.unwrap());
-        let a = access_key("p1", "ci", t(1));
-        let mut b = access_key("p1", "deploy", t(2));
-        b.scopes = vec![];
-        let c = access_key("p2", "ci", t(0));
-        for k in [&a, &b, &c] {
-            store.insert_access_key(k).await.unwrap();
-        }
-        let err = store.insert_access_key(&a).await.unwrap_err();
-        assert!(matches!(err, StoreError::Duplicate(_)), "{err:?}");
-        assert_eq!(store.get_access_key(a.id).await.unwrap(), Some(a.clone()));
-        assert_eq!(store.get_access_key(b.id).await.unwrap(), Some(b.clone()));
-        assert_eq!(
-            store
-                .get_access_key(AccessKeyId::from_random_bytes([1; 16]))
-                .await
-                .unwrap(),
-            None
-        );
-        assert_eq!(
-            store.list_access_keys(Some(project("p1"))).await.unwrap(),
-            vec![a.clone(), b.clone()]
-        );
-        assert_eq!(
-            store.list_access_keys(None).await.unwrap(),
-            vec![c.clone(), a.clone(), b.clone()]
-        );
-        assert!(!store.is_empty_db().await.unwrap());
-        assert!(store.delete_access_key(a.id).await.unwrap());
-        assert!(!store.delete_access_key(a.id).await.unwrap());
-        assert_eq!(
-            store.list_access_keys(Some(project("p1"))).await.unwrap(),
-            vec![b]
-        );
     }
 
     pub async fn migrations_are_idempotent(db: &TestDb) {

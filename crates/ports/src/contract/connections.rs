@@ -397,3 +397,72 @@ pub async fn update_leaves_the_lease_alone<S: ContractStore + ?Sized>(store: &S)
         .unwrap()
         .is_none());
 }
+
+pub async fn round_trip_every_field<S: ContractStore + ?Sized>(store: &S) {
+    let client = oauth_client(Some("p1"), "shared app");
+    store.insert_oauth_client(&client).await.unwrap();
+
+    let mut full = oauth("p1", "Gmail - Support ü", Some(100), Some(3600));
+    full.oauth2_client_id = Some(client.id);
+    full.secrets = Some(Sealed((0..=255).collect()));
+    full.refresh.failures = 3;
+    full.refresh.lease = Some(lease("worker-1", t_ms(5_123)));
+    full.last_error = Some("provider said: slow down".into());
+    full.created_at = t_ms(-1_001);
+    full.updated_at = t_ms(7_777);
+    full.last_used_at = Some(t_ms(8_888));
+    full.version = 7;
+    full.config = ConnectionConfig::OAuth(OAuthSettings {
+        scopes: Some(vec!["openid".into(), "ü".into()]),
+        client_id: Some("client ✓".into()),
+        issuer: Some("https://idp.example".into()),
+        token_endpoint_auth_method: Some(latchkey_domain::TokenAuthMethod::ClientSecretPost),
+        extra_authorization_params: [("prompt".to_owned(), "consent".to_owned())].into(),
+        pkce: Some(false),
+        tenant: Some("contoso.example".into()),
+        ..OAuthSettings::default()
+    });
+    store
+        .insert_connection(&full, &created(&full))
+        .await
+        .unwrap();
+    assert_eq!(store.get_connection(full.id).await.unwrap().unwrap(), full);
+
+    // A grant without refresh token nor expiry, and no optional fields at all.
+    let mut bare = oauth("p1", "bare", None, None);
+    bare.grant = Some(latchkey_domain::Grant {
+        refresh_token: None,
+        scopes: vec![],
+        ..grant(t(5), None)
+    });
+    bare.authorized_user = None;
+    store
+        .insert_connection(&bare, &created(&bare))
+        .await
+        .unwrap();
+    assert_eq!(store.get_connection(bare.id).await.unwrap().unwrap(), bare);
+
+    let mut incomplete = api_key("p1", "incomplete");
+    incomplete.kind = ConnectionType::OAuth(latchkey_domain::Provider::Generic);
+    incomplete.config = ConnectionConfig::OAuth(OAuthSettings::default());
+    incomplete.status = Status::Incomplete;
+    incomplete.secrets = None;
+    store
+        .insert_connection(&incomplete, &created(&incomplete))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_connection(incomplete.id).await.unwrap().unwrap(),
+        incomplete
+    );
+
+    assert!(store.get_connection(new_id()).await.unwrap().is_none());
+    let mut all = store
+        .list_connections(&ConnectionQuery::default())
+        .await
+        .unwrap();
+    let mut want = vec![full, bare, incomplete];
+    all.sort_by_key(|c| c.id);
+    want.sort_by_key(|c| c.id);
+    assert_eq!(all, want);
+}

@@ -50,7 +50,8 @@ impl<T> ContractStore for T where
 }
 
 /// Every case of the contract, by name.
-pub const CASES: [&str; 21] = [
+pub const CASES: [&str; 23] = [
+    "round_trip_every_field",
     "list_filters_and_paging",
     "duplicate_names",
     "update_compare_and_set",
@@ -72,6 +73,7 @@ pub const CASES: [&str; 21] = [
     "auth_session_take_is_single_use",
     "purge_auth_sessions",
     "oauth_clients",
+    "access_keys",
 ];
 
 /// Runs the case named `case` against `store` (a fresh one). Panics on an unknown name.
@@ -104,6 +106,8 @@ pub async fn run<S: ContractStore + ?Sized>(case: &str, store: &S) {
         "auth_session_take_is_single_use" => auth_session_take_is_single_use(store).await,
         "purge_auth_sessions" => purge_auth_sessions(store).await,
         "oauth_clients" => oauth_clients(store).await,
+        "round_trip_every_field" => round_trip_every_field(store).await,
+        "access_keys" => access_keys(store).await,
         other => panic!("no contract case {other:?}"),
     }
 }

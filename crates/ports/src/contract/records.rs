@@ -133,3 +133,38 @@ pub async fn oauth_clients<S: ContractStore + ?Sized>(store: &S) {
         .unwrap_err();
     assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
 }
+
+pub async fn access_keys<S: ContractStore + ?Sized>(store: &S) {
+    let a = access_key("p1", "ci", t(1));
+    let mut b = access_key("p1", "deploy", t(2));
+    b.scopes = vec![];
+    let c = access_key("p2", "ci", t(0));
+    for k in [&a, &b, &c] {
+        store.insert_access_key(k).await.unwrap();
+    }
+    let err = store.insert_access_key(&a).await.unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate(_)), "{err:?}");
+    assert_eq!(store.get_access_key(a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(store.get_access_key(b.id).await.unwrap(), Some(b.clone()));
+    assert_eq!(
+        store
+            .get_access_key(latchkey_domain::AccessKeyId::from_random_bytes([1; 16]))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.list_access_keys(Some(project("p1"))).await.unwrap(),
+        vec![a.clone(), b.clone()]
+    );
+    assert_eq!(
+        store.list_access_keys(None).await.unwrap(),
+        vec![c.clone(), a.clone(), b.clone()]
+    );
+    assert!(store.delete_access_key(a.id).await.unwrap());
+    assert!(!store.delete_access_key(a.id).await.unwrap());
+    assert_eq!(
+        store.list_access_keys(Some(project("p1"))).await.unwrap(),
+        vec![b]
+    );
+}

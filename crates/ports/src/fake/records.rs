@@ -95,7 +95,11 @@ impl OAuthClientStore for FakeStore {
 impl AccessKeyStore for FakeStore {
     async fn insert_access_key(&self, key: &AccessKey) -> Result<(), StoreError> {
         self.enter("insert_access_key")?;
-        self.tables().keys.insert(key.id, key.clone());
+        let mut t = self.tables();
+        if t.keys.contains_key(&key.id) {
+            return Err(StoreError::Duplicate(UniqueKey::Id));
+        }
+        t.keys.insert(key.id, key.clone());
         Ok(())
     }
 
@@ -110,11 +114,15 @@ impl AccessKeyStore for FakeStore {
     ) -> Result<Vec<AccessKey>, StoreError> {
         self.enter("list_access_keys")?;
         let t = self.tables();
-        Ok(t.keys
+        let mut keys: Vec<AccessKey> = t
+            .keys
             .values()
             .filter(|k| project.as_ref().is_none_or(|p| *p == k.project_id))
             .cloned()
-            .collect())
+            .collect();
+        // Oldest first, then by id, as the real store lists them.
+        keys.sort_by_key(|k| (k.created_at, k.id));
+        Ok(keys)
     }
 
     async fn delete_access_key(&self, id: AccessKeyId) -> Result<bool, StoreError> {
