@@ -197,6 +197,7 @@ macro_rules! contract {
 }
 
 contract!(
+    usage_upsert,
     round_trip_every_field,
     list_filters_and_paging,
     duplicate_names,

@@ -43,7 +43,7 @@ macro_rules! suite {
 
 suite!(
     empty_until_data,
-    usage_upsert,
+    concurrent_uses_are_all_counted,
     concurrent_creators_never_pass_the_cap,
     concurrent_claims_have_one_winner,
     concurrent_auth_session_takers,
@@ -88,6 +88,7 @@ macro_rules! contract {
 }
 
 contract!(
+    usage_upsert,
     round_trip_every_field,
     list_filters_and_paging,
     duplicate_names,
@@ -286,77 +287,11 @@ mod cases {
         );
     }
 
-    pub async fn usage_upsert(db: &TestDb) {
+    /// Concurrent uses of one flow, from parallel tasks, are all counted.
+    pub async fn concurrent_uses_are_all_counted(db: &TestDb) {
         let store = db.store().await;
-        let c = api_key("p1", "used");
+        let c = api_key("p1", "busy");
         store.insert_connection(&c, &created(&c)).await.unwrap();
-
-        store
-            .record_usage(c.id, Some(flow("a")), t(10))
-            .await
-            .unwrap();
-        store
-            .record_usage(c.id, Some(flow("a")), t(30))
-            .await
-            .unwrap();
-        // Out of order: an older use does not move last_used_at back.
-        store
-            .record_usage(c.id, Some(flow("a")), t(20))
-            .await
-            .unwrap();
-        store
-            .record_usage(c.id, Some(flow("b")), t(25))
-            .await
-            .unwrap();
-        store.record_usage(c.id, None, t(40)).await.unwrap();
-
-        let got = store.get_connection(c.id).await.unwrap().unwrap();
-        assert_eq!(got.last_used_at, Some(t(40)));
-        assert_eq!(got.version, c.version, "usage must not bump the version");
-        store.record_usage(c.id, None, t(35)).await.unwrap();
-        assert_eq!(
-            store
-                .get_connection(c.id)
-                .await
-                .unwrap()
-                .unwrap()
-                .last_used_at,
-            Some(t(40))
-        );
-
-        let usages = store.list_usages(c.id, 1000).await.unwrap();
-        assert_eq!(usages.len(), 2);
-        // Most recent first.
-        assert_eq!(usages[0].flow_id, flow("a"));
-        assert_eq!(usages[0].count, 3);
-        assert_eq!(usages[0].first_used_at, t(10));
-        assert_eq!(usages[0].last_used_at, t(30));
-        assert_eq!(usages[0].connection_id, c.id);
-        assert_eq!(usages[1].flow_id, flow("b"));
-        assert_eq!(usages[1].count, 1);
-        assert_eq!(usages[1].first_used_at, t(25));
-        assert_eq!(usages[1].last_used_at, t(25));
-
-        // An earlier first use moves first_used_at back.
-        store
-            .record_usage(c.id, Some(flow("b")), t(1))
-            .await
-            .unwrap();
-        let b = store.list_usages(c.id, 1000).await.unwrap().pop().unwrap();
-        assert_eq!((b.first_used_at, b.last_used_at, b.count), (t(1), t(25), 2));
-
-        // A version-guarded update still succeeds after usages.
-        let mut next = c.clone();
-        next.last_used_at = Some(t(40));
-        store.update_connection(&next, &[]).await.unwrap();
-
-        let err = store
-            .record_usage(new_id(), Some(flow("a")), t(1))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::NotFound), "{err:?}");
-
-        // Concurrent uses are all counted.
         let mut tasks = Vec::new();
         for i in 0..20 {
             let s = store.clone();

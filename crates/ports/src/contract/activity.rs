@@ -4,7 +4,7 @@ use latchkey_domain::{EventCursor, Status};
 
 use super::fixtures::*;
 use super::ContractStore;
-use crate::EventQuery;
+use crate::{EventQuery, StoreError};
 
 pub async fn events_keep_order<S: ContractStore + ?Sized>(store: &S) {
     let c = oauth("p1", "evented", None, None);
@@ -200,4 +200,74 @@ pub async fn retention_purges_old_history_only<S: ContractStore + ?Sized>(store:
     assert_eq!(store.purge_events(t(13), 100).await.unwrap(), 0);
     assert_eq!(store.purge_usages(t(13), 100).await.unwrap(), 0);
     assert_eq!(store.purge_events(t(13), 0).await.unwrap(), 0);
+}
+
+pub async fn usage_upsert<S: ContractStore + ?Sized>(store: &S) {
+    let c = api_key("p1", "used");
+    store.insert_connection(&c, &created(&c)).await.unwrap();
+
+    store
+        .record_usage(c.id, Some(flow("a")), t(10))
+        .await
+        .unwrap();
+    store
+        .record_usage(c.id, Some(flow("a")), t(30))
+        .await
+        .unwrap();
+    // Out of order: an older use does not move last_used_at back.
+    store
+        .record_usage(c.id, Some(flow("a")), t(20))
+        .await
+        .unwrap();
+    store
+        .record_usage(c.id, Some(flow("b")), t(25))
+        .await
+        .unwrap();
+    store.record_usage(c.id, None, t(40)).await.unwrap();
+
+    let got = store.get_connection(c.id).await.unwrap().unwrap();
+    assert_eq!(got.last_used_at, Some(t(40)));
+    assert_eq!(got.version, c.version, "usage must not bump the version");
+    store.record_usage(c.id, None, t(35)).await.unwrap();
+    assert_eq!(
+        store
+            .get_connection(c.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        Some(t(40))
+    );
+
+    let usages = store.list_usages(c.id, 1000).await.unwrap();
+    assert_eq!(usages.len(), 2);
+    // Most recent first.
+    assert_eq!(usages[0].flow_id, flow("a"));
+    assert_eq!(usages[0].count, 3);
+    assert_eq!(usages[0].first_used_at, t(10));
+    assert_eq!(usages[0].last_used_at, t(30));
+    assert_eq!(usages[0].connection_id, c.id);
+    assert_eq!(usages[1].flow_id, flow("b"));
+    assert_eq!(usages[1].count, 1);
+    assert_eq!(usages[1].first_used_at, t(25));
+    assert_eq!(usages[1].last_used_at, t(25));
+
+    // An earlier first use moves first_used_at back.
+    store
+        .record_usage(c.id, Some(flow("b")), t(1))
+        .await
+        .unwrap();
+    let b = store.list_usages(c.id, 1000).await.unwrap().pop().unwrap();
+    assert_eq!((b.first_used_at, b.last_used_at, b.count), (t(1), t(25), 2));
+
+    // A version-guarded update still succeeds after usages.
+    let mut next = c.clone();
+    next.last_used_at = Some(t(40));
+    store.update_connection(&next, &[]).await.unwrap();
+
+    let err = store
+        .record_usage(new_id(), Some(flow("a")), t(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound), "{err:?}");
 }

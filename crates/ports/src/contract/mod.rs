@@ -50,7 +50,8 @@ impl<T> ContractStore for T where
 }
 
 /// Every case of the contract, by name.
-pub const CASES: [&str; 23] = [
+pub const CASES: [&str; 24] = [
+    "usage_upsert",
     "round_trip_every_field",
     "list_filters_and_paging",
     "duplicate_names",
@@ -108,6 +109,7 @@ pub async fn run<S: ContractStore + ?Sized>(case: &str, store: &S) {
         "oauth_clients" => oauth_clients(store).await,
         "round_trip_every_field" => round_trip_every_field(store).await,
         "access_keys" => access_keys(store).await,
+        "usage_upsert" => usage_upsert(store).await,
         other => panic!("no contract case {other:?}"),
     }
 }
