@@ -1109,73 +1109,13 @@ async fn access_keys_are_project_scoped_and_scoped() {
     want.sort();
     assert_eq!(both, want, "the admin sees every project");
 
-    // Scopes: (token, method, path, body, expected status)
-    let rd = Api::with_token(&server, Some(&read_token));
-    let wr = Api::with_token(&server, Some(&write_token));
-    let cr = Api::with_token(&server, Some(&creds_token));
+    // What each scope allows is checked in process (crates/api/tests/requests.rs).
     let conn = format!("/v1/connections/{a_conn}");
     let creds = format!("/v1/connections/{a_conn}/credentials");
-    let new_conn = json!({"project_id": "pa", "name": "by write key", "type": "api_key", "config": {"api_key": "k-12345"}});
-    let table: Vec<(&Api, Method, String, Option<Value>, u16)> = vec![
-        (&rd, Method::GET, conn.clone(), None, 200),
-        (&rd, Method::GET, "/v1/connections".into(), None, 200),
-        (&rd, Method::GET, creds.clone(), None, 403),
-        (
-            &rd,
-            Method::POST,
-            "/v1/connections".into(),
-            Some(new_conn.clone()),
-            403,
-        ),
-        (
-            &rd,
-            Method::PATCH,
-            conn.clone(),
-            Some(json!({"name": "x"})),
-            403,
-        ),
-        (&rd, Method::DELETE, conn.clone(), None, 403),
-        (&wr, Method::GET, conn.clone(), None, 403),
-        (&wr, Method::GET, creds.clone(), None, 403),
-        (
-            &wr,
-            Method::POST,
-            "/v1/connections".into(),
-            Some(new_conn.clone()),
-            201,
-        ),
-        (&cr, Method::GET, creds.clone(), None, 200),
-        (&cr, Method::GET, conn.clone(), None, 403),
-        (&cr, Method::GET, "/v1/connections".into(), None, 403),
-        // Only the admin manages access keys.
-        (
-            &a,
-            Method::POST,
-            "/v1/access-keys".into(),
-            Some(json!({"project_id": "pa", "scopes": ALL})),
-            403,
-        ),
-        (&a, Method::GET, "/v1/access-keys".into(), None, 403),
-        (
-            &a,
-            Method::DELETE,
-            format!("/v1/access-keys/{a_id}"),
-            None,
-            403,
-        ),
-    ];
-    for (who, m, path, body, want) in table {
-        let mut rb = who.request(m.clone(), &path);
-        if let Some(b) = &body {
-            rb = rb.json(b);
-        }
-        let r = who.send(rb).await;
-        if want == 403 {
-            r.expect_error(403, "forbidden");
-        } else {
-            assert_eq!(r.status.as_u16(), want, "{m} {path}: {}", r.text);
-        }
-    }
+    Api::with_token(&server, Some(&read_token))
+        .get(&creds)
+        .await
+        .expect_error(403, "forbidden");
 
     // Every kind of bad credential (no token, a bad one, another scheme, a forged or
     // tampered key) is refused with 401 in crates/api/tests/requests.rs.

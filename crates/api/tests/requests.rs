@@ -1134,3 +1134,105 @@ async fn bad_credentials_of_every_kind_are_refused_with_401() {
         .await
         .expect(200);
 }
+
+// ---------------------------------------------------------------------------------------
+// Scopes: each allows its operations only; only the admin manages access keys
+// ---------------------------------------------------------------------------------------
+
+#[actix_web::test]
+async fn each_scope_allows_only_its_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = test::init_service(http::app(state(dir.path()).await)).await;
+    let admin = Api::admin(&server);
+    const ALL: [&str; 3] = ["connections:read", "connections:write", "credentials:read"];
+    let (a_id, a_token) = admin.create_key("pa", &ALL).await;
+    let (_, read_token) = admin.create_key("pa", &["connections:read"]).await;
+    let (_, write_token) = admin.create_key("pa", &["connections:write"]).await;
+    let (_, creds_token) = admin.create_key("pa", &["credentials:read"]).await;
+    let a = Api::with_token(&server, Some(&a_token));
+    let a_conn = a
+        .create(
+            "pa",
+            "a1",
+            "api_key",
+            json!({"api_key": "SECRET-a1-0000000000"}),
+        )
+        .await
+        .expect(201)
+        .id();
+
+    // Scopes: (token, method, path, body, expected status)
+    let rd = Api::with_token(&server, Some(&read_token));
+    let wr = Api::with_token(&server, Some(&write_token));
+    let cr = Api::with_token(&server, Some(&creds_token));
+    let conn = format!("/v1/connections/{a_conn}");
+    let creds = format!("/v1/connections/{a_conn}/credentials");
+    let new_conn = json!({"project_id": "pa", "name": "by write key", "type": "api_key", "config": {"api_key": "k-12345"}});
+    let table: Vec<(&Api<'_, _>, Method, String, Option<Value>, u16)> = vec![
+        (&rd, Method::GET, conn.clone(), None, 200),
+        (&rd, Method::GET, "/v1/connections".into(), None, 200),
+        (&rd, Method::GET, creds.clone(), None, 403),
+        (
+            &rd,
+            Method::POST,
+            "/v1/connections".into(),
+            Some(new_conn.clone()),
+            403,
+        ),
+        (
+            &rd,
+            Method::PATCH,
+            conn.clone(),
+            Some(json!({"name": "x"})),
+            403,
+        ),
+        (&rd, Method::DELETE, conn.clone(), None, 403),
+        (&wr, Method::GET, conn.clone(), None, 403),
+        (&wr, Method::GET, creds.clone(), None, 403),
+        (
+            &wr,
+            Method::POST,
+            "/v1/connections".into(),
+            Some(new_conn.clone()),
+            201,
+        ),
+        (&cr, Method::GET, creds.clone(), None, 200),
+        (&cr, Method::GET, conn.clone(), None, 403),
+        (&cr, Method::GET, "/v1/connections".into(), None, 403),
+        // Only the admin manages access keys.
+        (
+            &a,
+            Method::POST,
+            "/v1/access-keys".into(),
+            Some(json!({"project_id": "pa", "scopes": ALL})),
+            403,
+        ),
+        (&a, Method::GET, "/v1/access-keys".into(), None, 403),
+        (
+            &a,
+            Method::DELETE,
+            format!("/v1/access-keys/{a_id}"),
+            None,
+            403,
+        ),
+    ];
+    for (who, m, path, body, want) in table {
+        let r = match &body {
+            Some(b) => {
+                who.send(
+                    m.clone(),
+                    &path,
+                    &[("content-type", "application/json")],
+                    &b.to_string(),
+                )
+                .await
+            }
+            None => who.send(m.clone(), &path, &[], "").await,
+        };
+        if want == 403 {
+            r.expect_error(403, "forbidden");
+        } else {
+            assert_eq!(r.status.as_u16(), want, "{m} {path}: {}", r.text);
+        }
+    }
+}

@@ -213,3 +213,184 @@ pub mod extractors {
         ApiError::not_found("resource").into()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latchkey_domain::Status;
+
+    fn mapped(e: AppError) -> (u16, ErrorCode, Option<String>, String) {
+        let a = ApiError::from(e);
+        (a.status.as_u16(), a.code, a.field, a.message)
+    }
+
+    /// Each use-case error answers with its status, code and (for one field) `field`.
+    #[test]
+    fn every_app_error_maps_to_its_status_and_code() {
+        use ErrorCode as C;
+        let field = |f: &str| Some(f.to_owned());
+        let cases: Vec<(AppError, u16, ErrorCode, Option<String>)> = vec![
+            (
+                DomainError::InvalidField {
+                    field: "name".into(),
+                    reason: "r".into(),
+                }
+                .into(),
+                400,
+                C::InvalidField,
+                field("name"),
+            ),
+            (
+                DomainError::InvalidConfig {
+                    field: "config.oauth2_config.issuer".into(),
+                    reason: "r".into(),
+                }
+                .into(),
+                400,
+                C::InvalidConfig,
+                field("config.oauth2_config.issuer"),
+            ),
+            (
+                DomainError::AddressNotAllowed {
+                    field: "config.oauth2_config.token_endpoint".into(),
+                    reason: "r".into(),
+                }
+                .into(),
+                400,
+                C::AddressNotAllowed,
+                field("config.oauth2_config.token_endpoint"),
+            ),
+            (
+                DomainError::InvalidId {
+                    what: "project id",
+                    value: "x y".into(),
+                }
+                .into(),
+                400,
+                C::InvalidId,
+                None,
+            ),
+            (
+                DomainError::UnknownType {
+                    given: "ftp".into(),
+                    accepted: "api_key".into(),
+                }
+                .into(),
+                400,
+                C::UnknownType,
+                None,
+            ),
+            (DomainError::ConfigLocked.into(), 409, C::ConfigLocked, None),
+            (
+                DomainError::IllegalTransition {
+                    kind: "api_key",
+                    from: Status::Active,
+                    event: "refreshed",
+                }
+                .into(),
+                409,
+                C::IllegalTransition,
+                None,
+            ),
+            (AppError::NotFound("connection"), 404, C::NotFound, None),
+            (AppError::Forbidden("no".into()), 403, C::Forbidden, None),
+            (
+                AppError::VersionConflict { current: Some(3) },
+                409,
+                C::VersionConflict,
+                None,
+            ),
+            (
+                AppError::NameTaken("connection"),
+                409,
+                C::NameTaken,
+                field("name"),
+            ),
+            (AppError::InUse("used".into()), 409, C::InUse, None),
+            (
+                AppError::LimitReached("full".into()),
+                409,
+                C::LimitReached,
+                None,
+            ),
+            (
+                AppError::State {
+                    code: StateCode::ConnectionIncomplete,
+                    message: "m".into(),
+                },
+                409,
+                C::ConnectionIncomplete,
+                None,
+            ),
+            (
+                AppError::State {
+                    code: StateCode::ConnectionExpired,
+                    message: "m".into(),
+                },
+                409,
+                C::ConnectionExpired,
+                None,
+            ),
+            (
+                AppError::State {
+                    code: StateCode::NotOAuth,
+                    message: "m".into(),
+                },
+                409,
+                C::NotOAuth,
+                None,
+            ),
+            (
+                AppError::State {
+                    code: StateCode::OAuthClientMissing,
+                    message: "m".into(),
+                },
+                409,
+                C::OAuth2ClientMissing,
+                None,
+            ),
+            (
+                OAuthError::Protocol("garbage".into()).into(),
+                502,
+                C::ProviderError,
+                None,
+            ),
+            (
+                AppError::ProviderUnavailable {
+                    message: "m".into(),
+                    retry_after_secs: 0,
+                },
+                503,
+                C::ProviderUnavailable,
+                None,
+            ),
+            (
+                AppError::Internal("db: secret detail".into()),
+                500,
+                C::InternalError,
+                None,
+            ),
+        ];
+        for (e, status, code, want_field) in cases {
+            let shown = format!("{e:?}");
+            let (s, c, f, message) = mapped(e);
+            assert_eq!((s, c, f), (status, code, want_field), "{shown}");
+            assert!(!message.is_empty(), "{shown}");
+            assert!(!message.contains("secret detail"), "{shown}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_version_conflict_names_the_version_only_when_known() {
+        let (.., known) = mapped(AppError::VersionConflict { current: Some(7) });
+        assert!(known.contains("version 7 is current"), "{known}");
+        let (.., unknown) = mapped(AppError::VersionConflict { current: None });
+        assert!(!unknown.contains("version"), "{unknown}");
+        assert!(unknown.contains("re-read it and retry"), "{unknown}");
+        let retry = ApiError::from(AppError::ProviderUnavailable {
+            message: "m".into(),
+            retry_after_secs: 0,
+        });
+        assert_eq!(retry.retry_after, Some(1), "Retry-After is at least 1 s");
+    }
+}
