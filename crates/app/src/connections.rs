@@ -1,19 +1,16 @@
-//! Managing connections and handing out their credentials.
+//! Managing connections: create, read, list, update (rename, replace the secret) and
+//! delete with revocation.
 
-use std::collections::BTreeMap;
-
-use chrono::{DateTime, Utc};
-use secrecy::SecretString;
 use serde_json::Value;
 
 use latchkey_domain::sealed::fields;
 use latchkey_domain::{
-    initial_status, parse_config, Connection, ConnectionEvent, ConnectionId, ConnectionName,
-    ConnectionType, DomainError, EventCursor, FlowId, LifecycleEvent, OAuthClientId, ProjectId,
-    RefreshSchedule, Scope, SealContext, Status, Usage,
+    parse_config, Connection, ConnectionEvent, ConnectionId, ConnectionName, ConnectionType,
+    DomainError, Lease, NewConnection, OAuthClientId, ProjectId, Scope, SealContext, Status, Usage,
 };
-use latchkey_ports::{ConnectionQuery, EventPage, EventQuery, StoreError};
+use latchkey_ports::{ConnectionQuery, StoreError};
 
+use crate::cas::{Attempts, Cas, Edit};
 use crate::{AppError, Latchkey, Principal};
 
 /// Input of [`Latchkey::create_connection`], as the API received it. Its `Debug` leaves
@@ -93,38 +90,26 @@ pub struct ListPage {
     pub next_cursor: Option<ConnectionId>,
 }
 
-/// The usable secret of a connection, for a workflow execution.
-#[derive(Debug)]
-pub enum Credentials {
-    ApiKey {
-        api_key: SecretString,
-    },
-    Basic {
-        username: String,
-        password: SecretString,
-    },
-    /// Every field, secret or not, by name.
-    Custom {
-        fields: BTreeMap<String, SecretString>,
-    },
-    OAuth {
-        /// The provider type (`google`, `oauth2`, ...).
-        kind: ConnectionType,
-        access_token: SecretString,
-        token_type: String,
-        expires_at: Option<DateTime<Utc>>,
-        scopes: Vec<String>,
-    },
-}
-
 /// How many connections a page holds at most.
 pub const MAX_PAGE: u32 = 200;
-/// How often a read-modify-write without a client version is retried on a concurrent write.
-const UPDATE_ATTEMPTS: usize = 10;
+/// How often an update without a client version is tried against concurrent writes.
+const UPDATE_ATTEMPTS: Attempts = Attempts(10);
 
-/// A page size as given (default 50), checked against [`MAX_PAGE`].
-fn page_limit(limit: Option<u32>) -> Result<u32, AppError> {
-    let limit = limit.unwrap_or(50);
+/// Where the sealed secrets of connection `id` of `project` belong.
+fn secrets_ctx(project: &ProjectId, id: ConnectionId) -> SealContext {
+    SealContext::new(project.as_str(), id, fields::SECRETS)
+}
+
+/// How many items a page holds when the caller does not say.
+const DEFAULT_PAGE: u32 = 50;
+/// How much longer than a lease a delete waits for a refresh in flight to end.
+const DELETE_LEASE_GRACE: chrono::Duration = chrono::Duration::seconds(5);
+/// How often a waiting delete tries to take the refresh lease.
+const DELETE_LEASE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// A page size as given (default [`DEFAULT_PAGE`]), checked against [`MAX_PAGE`].
+pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32, AppError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
         return Err(DomainError::InvalidField {
             field: "limit".into(),
@@ -135,21 +120,9 @@ fn page_limit(limit: Option<u32>) -> Result<u32, AppError> {
     Ok(limit)
 }
 
-impl Credentials {
-    /// The connection type name these credentials belong to.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Credentials::ApiKey { .. } => ConnectionType::ApiKey.as_str(),
-            Credentials::Basic { .. } => ConnectionType::Basic.as_str(),
-            Credentials::Custom { .. } => ConnectionType::Custom.as_str(),
-            Credentials::OAuth { kind, .. } => kind.as_str(),
-        }
-    }
-}
-
 impl Latchkey {
     pub(crate) fn secrets_ctx(c: &Connection) -> SealContext {
-        SealContext::new(c.project_id.as_str(), c.id, fields::SECRETS)
+        secrets_ctx(&c.project_id, c.id)
     }
 
     /// Loads a connection the caller may see, or NotFound.
@@ -176,7 +149,7 @@ impl Latchkey {
             connection_id: c.id,
             at: self.now(),
             from,
-            to: c.status,
+            to: c.status(),
             kind: kind.to_owned(),
             reason,
         }
@@ -248,27 +221,21 @@ impl Latchkey {
                 }
             }
         };
-        let now = self.now();
-        let mut connection = Connection {
-            id: ConnectionId::from_random_bytes(self.random()),
-            project_id,
-            name,
-            kind,
-            status: initial_status(kind),
-            config: parsed.config,
-            secrets: None,
-            oauth2_client_id,
-            grant: None,
-            authorized_user: None,
-            refresh: RefreshSchedule::default(),
-            last_error: None,
-            created_at: now,
-            updated_at: now,
-            last_used_at: None,
-            version: 1,
-        };
+        let id = ConnectionId::from_random_bytes(self.random());
         // Sealed before anything is written: a cipher failure saves nothing.
-        connection.secrets = self.seal_fields(&parsed.secrets, &Self::secrets_ctx(&connection))?;
+        let secrets = self.seal_fields(&parsed.secrets, &secrets_ctx(&project_id, id))?;
+        let connection = Connection::new(
+            NewConnection {
+                id,
+                project_id,
+                name,
+                kind,
+                config: parsed.config,
+                secrets,
+                oauth2_client_id,
+            },
+            self.now(),
+        );
         let event = self.event(&connection, None, "created", None);
         self.svc
             .connections
@@ -381,59 +348,55 @@ impl Latchkey {
             .map(ConnectionName::parse)
             .transpose()?;
         let attempts = if patch.version.is_some() {
-            1
+            Attempts(1)
         } else {
             UPDATE_ATTEMPTS
         };
-        for attempt in 1..=attempts {
-            let mut c = self.visible_connection(principal, id).await?;
-            if let Some(v) = patch.version {
-                if v != c.version {
-                    return Err(AppError::VersionConflict {
-                        current: Some(c.version),
-                    });
+        let written = self
+            .modify_connection(id, attempts, |c| {
+                if !principal.sees(&c.project_id) {
+                    return Err(AppError::NotFound("connection"));
                 }
-            }
-            let now = self.now();
-            let mut events = Vec::new();
-            if let Some(name) = &name {
-                c.rename(name.clone(), now);
-            }
-            if let Some(config) = &patch.config {
-                if c.kind.is_oauth() {
-                    return Err(DomainError::ConfigLocked.into());
+                if let Some(v) = patch.version {
+                    if v != c.version {
+                        return Err(AppError::VersionConflict {
+                            current: Some(c.version),
+                        });
+                    }
                 }
-                let parsed = parse_config(c.kind, config, &self.settings.url_policy)?;
-                let from = c.status;
-                c.apply(LifecycleEvent::SecretReplaced, now)?;
-                // Not a status change, but worth a line in the history: who rotated what, when.
-                events.push(self.event(&c, Some(from), "secret_replaced", None));
-                c.config = parsed.config;
-                c.secrets = self.seal_fields(&parsed.secrets, &Self::secrets_ctx(&c))?;
-            }
-            match self.svc.connections.update_connection(&c, &events).await {
-                Ok(version) => {
-                    c.version = version;
-                    return Ok(c);
+                let now = self.now();
+                let mut events = Vec::new();
+                if let Some(name) = &name {
+                    c.rename(name.clone(), now);
                 }
-                Err(StoreError::Conflict) if attempt < attempts => continue,
-                Err(StoreError::Conflict) => {
-                    let current = self
-                        .svc
-                        .connections
-                        .get_connection(id)
-                        .await?
-                        .map(|c| c.version);
-                    return Err(AppError::VersionConflict { current });
+                if let Some(config) = &patch.config {
+                    c.check_secret_replaceable()?;
+                    let parsed = parse_config(c.kind, config, &self.settings.url_policy)?;
+                    let secrets = self.seal_fields(&parsed.secrets, &Self::secrets_ctx(c))?;
+                    let from = c.replace_secret(parsed.config, secrets, now)?;
+                    // Not a status change, but worth a line in the history: who rotated
+                    // what, when.
+                    events.push(self.event(c, Some(from), "secret_replaced", None));
                 }
-                Err(StoreError::Duplicate(_)) => return Err(AppError::NameTaken("connection")),
-                Err(StoreError::NotFound) => return Err(AppError::NotFound("connection")),
-                Err(e) => return Err(e.into()),
+                Ok(Edit::Write(events))
+            })
+            .await;
+        match written {
+            Ok(Cas::Written(c)) => Ok(*c),
+            Ok(Cas::Refused(e)) => Err(e),
+            Ok(Cas::Gone) | Err(StoreError::NotFound) => Err(AppError::NotFound("connection")),
+            Ok(Cas::Skipped | Cas::Exhausted) => {
+                let current = self
+                    .svc
+                    .connections
+                    .get_connection(id)
+                    .await?
+                    .map(|c| c.version);
+                Err(AppError::VersionConflict { current })
             }
+            Err(StoreError::Duplicate(_)) => Err(AppError::NameTaken("connection")),
+            Err(e) => Err(e.into()),
         }
-        Err(AppError::Internal(
-            "update loop ended without result".into(),
-        ))
     }
 
     /// Deletes a connection. An OAuth grant is revoked at the provider first when it has
@@ -452,7 +415,7 @@ impl Latchkey {
         if self.take_lease_for_delete(&c, &owner).await? {
             c = self.visible_connection(principal, id).await?;
         }
-        if c.grant.is_some() {
+        if c.grant().is_some() {
             if let Err(e) = self.revoke_grant(&c).await {
                 tracing::warn!(connection = %c.id, error = %e, "revoking the grant at the provider failed; deleting the stored tokens anyway");
             }
@@ -471,20 +434,20 @@ impl Latchkey {
     /// most a lease's length (its holder's provider call ends within it). `false` when
     /// there is nothing to hold (no refresh possible) or the wait ran out.
     async fn take_lease_for_delete(&self, c: &Connection, owner: &str) -> Result<bool, AppError> {
-        let refreshable = c.status == latchkey_domain::Status::Active
-            && c.grant.as_ref().is_some_and(|g| g.refresh_token.is_some());
+        let refreshable =
+            c.status() == Status::Active && c.grant().is_some_and(|g| g.refresh_token.is_some());
         if !refreshable {
             return Ok(false);
         }
         // Every refresher, in this process or another, claims the store's lease: waiting
         // for it is enough.
-        let wait = (self.settings.refresh.lease + chrono::Duration::seconds(5))
+        let wait = (self.settings.refresh.lease + DELETE_LEASE_GRACE)
             .to_std()
             .unwrap_or_default();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let now = self.now();
-            let lease = latchkey_domain::Lease {
+            let lease = Lease {
                 owner: owner.to_owned(),
                 until: now + self.settings.refresh.lease,
             };
@@ -499,106 +462,14 @@ impl Latchkey {
             }
             match self.svc.connections.get_connection(c.id).await? {
                 None => return Err(AppError::NotFound("connection")),
-                Some(now_c) if now_c.status != latchkey_domain::Status::Active => return Ok(false),
+                Some(now_c) if now_c.status() != Status::Active => return Ok(false),
                 Some(_) => {}
             }
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(connection = %c.id, "a refresh lease outlived the wait; deleting anyway");
                 return Ok(false);
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(DELETE_LEASE_POLL).await;
         }
-    }
-
-    /// One page of a connection's history, oldest first. `cursor` is the previous
-    /// page's `next_cursor`; `limit` defaults to 50, at most [`MAX_PAGE`].
-    pub async fn connection_events(
-        &self,
-        principal: &Principal,
-        id: ConnectionId,
-        cursor: Option<&str>,
-        limit: Option<u32>,
-    ) -> Result<EventPage, AppError> {
-        principal.require(Scope::ConnectionsRead)?;
-        let limit = page_limit(limit)?;
-        let after = cursor.map(str::parse::<EventCursor>).transpose()?;
-        self.visible_connection(principal, id).await?;
-        Ok(self
-            .svc
-            .activity
-            .list_events(id, &EventQuery { after, limit })
-            .await?)
-    }
-
-    /// Retention: deletes the events and flow usages older than the retention period,
-    /// in batches. Returns how many rows went. Run by the background job.
-    pub async fn run_retention_cycle(&self) -> Result<u64, AppError> {
-        const BATCH: u32 = 1_000;
-        // Bounds one cycle's work; the next cycle goes on where this one stopped.
-        const MAX_BATCHES: usize = 50;
-        let before = self.now() - self.settings.event_retention;
-        let mut purged = 0;
-        for _ in 0..MAX_BATCHES {
-            let n = self.svc.activity.purge_events(before, BATCH).await?;
-            purged += n;
-            if n < u64::from(BATCH) {
-                break;
-            }
-        }
-        for _ in 0..MAX_BATCHES {
-            let n = self.svc.activity.purge_usages(before, BATCH).await?;
-            purged += n;
-            if n < u64::from(BATCH) {
-                break;
-            }
-        }
-        Ok(purged)
-    }
-
-    /// The usable secret for a workflow execution. OAuth tokens inside the refresh
-    /// margin are refreshed first. Records the use (and the flow, when named) in memory,
-    /// for the next [`Latchkey::flush_usage`].
-    pub async fn fetch_credentials(
-        &self,
-        principal: &Principal,
-        id: ConnectionId,
-        flow: Option<&str>,
-    ) -> Result<Credentials, AppError> {
-        principal.require(Scope::CredentialsRead)?;
-        let flow = flow.map(FlowId::parse).transpose()?;
-        let c = self.visible_connection(principal, id).await?;
-        let creds = match c.kind {
-            ConnectionType::OAuth(_) => self.oauth_credentials(c).await?,
-            _ => {
-                let secrets = self.open_fields(c.secrets.as_ref(), &Self::secrets_ctx(&c))?;
-                let take = |k: &str| {
-                    secrets
-                        .get(k)
-                        .cloned()
-                        .ok_or_else(|| AppError::Internal(format!("stored secrets lack {k}")))
-                };
-                match c.kind {
-                    ConnectionType::ApiKey => Credentials::ApiKey {
-                        api_key: take("api_key")?,
-                    },
-                    ConnectionType::Basic => Credentials::Basic {
-                        username: c.config.username().unwrap_or_default().to_owned(),
-                        password: take("password")?,
-                    },
-                    _ => {
-                        let mut fields: BTreeMap<String, SecretString> = secrets.0.clone();
-                        if let Some(custom) = c.config.custom_fields() {
-                            for (k, value) in custom.public_values() {
-                                fields.insert(k.to_owned(), SecretString::from(value.to_owned()));
-                            }
-                        }
-                        Credentials::Custom { fields }
-                    }
-                }
-            }
-        };
-        // In memory only: no write on the fetch path (see usage.rs).
-        self.usage.record(id, flow, self.now());
-        Ok(creds)
     }
 }

@@ -6,14 +6,22 @@
 
 mod access;
 mod cache;
+mod cas;
 mod clients;
 mod connections;
+mod credentials;
+mod discovery;
 mod error;
+mod history;
 pub mod keys;
 mod oauth_flow;
 mod refresh;
+mod refresh_cycle;
+mod refresh_on_demand;
+mod refresh_save;
 mod seal;
 mod telemetry;
+mod tokens;
 mod usage;
 
 use std::collections::HashMap;
@@ -32,12 +40,13 @@ pub use access::{constant_time_eq, IssuedKey, Principal};
 pub use cache::{CachedStore, DEFAULT_CACHE_CAPACITY};
 pub use clients::CreateOAuthClient;
 pub use connections::{
-    ConnectionDetails, CreateConnection, Credentials, ListFilter, ListPage, UpdateConnection,
-    USED_BY_LIMIT,
+    ConnectionDetails, CreateConnection, ListFilter, ListPage, UpdateConnection, USED_BY_LIMIT,
 };
+pub use credentials::Credentials;
 pub use error::{AppError, CallbackError, StateCode, INTERNAL_ERROR_MESSAGE};
 pub use oauth_flow::{CallbackOutcome, CallbackParams};
-pub use refresh::{CycleReport, RefreshOutcome, RefreshTotals};
+pub use refresh::RefreshOutcome;
+pub use refresh_cycle::{CycleReport, RefreshTotals};
 
 /// The ports, as wired by the binary. The store ports are separate so that a test mocks
 /// only the concern it is about; one adapter usually backs them all.
@@ -119,15 +128,15 @@ pub struct Latchkey {
     /// One in-process lock per connection being refreshed, so concurrent callers share
     /// one refresh. Across processes the store's lease does the same.
     refresh_locks: refresh::LockMap,
-    discovery: oauth_flow::DiscoveryCache,
-    slots: refresh::RefreshSlots,
+    discovery: discovery::DiscoveryCache,
+    slots: refresh_cycle::RefreshSlots,
     /// Usage gathered on the credentials path, written by `flush_usage`.
     usage: usage::UsageBuffer,
 }
 
 impl Latchkey {
     pub fn new(svc: Services, settings: Settings) -> Self {
-        let slots = refresh::RefreshSlots::new(
+        let slots = refresh_cycle::RefreshSlots::new(
             settings.refresh_concurrency,
             settings.refresh_concurrency_per_host,
         );

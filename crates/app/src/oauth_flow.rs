@@ -1,90 +1,28 @@
 //! The OAuth consent flow: consent URL, callback, and the provider settings behind both.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
-use chrono::{DateTime, Duration, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
-use latchkey_domain::oauth::{
-    self, DiscoveredMetadata, Pkce, ResolveInput, ResolvedProvider, State,
-};
+use latchkey_domain::oauth::{self, Pkce, ResolveInput, ResolvedProvider, State};
 use latchkey_domain::sealed::fields;
 use latchkey_domain::{
-    AuthSession, Connection, ConnectionId, Grant, LifecycleEvent, OAuthClient, OAuthSettings,
-    ProjectId, Provider, RefreshSchedule, Scope, SealContext, Status,
+    AuthSession, Connection, ConnectionId, OAuthClient, OAuthSettings, ProjectId, Provider, Scope,
+    SealContext, Status,
 };
-use latchkey_ports::{CodeExchange, Revocation, StoreError};
+use latchkey_ports::{CodeExchange, Revocation};
 
+use crate::cas::{Attempts, Cas, Edit};
 use crate::{AppError, CallbackError, Latchkey, Principal, StateCode};
 
-/// How long a discovery document is trusted before it is fetched again.
-const DISCOVERY_TTL: Duration = Duration::hours(1);
-/// How often the callback retries its write when a refresh or rename raced it.
-const CALLBACK_WRITE_ATTEMPTS: usize = 5;
-
-/// How many issuers' discovery documents are kept at most. Issuers are chosen by
-/// connection creators, so without a bound the cache would grow with every new one.
-const DISCOVERY_CACHE_MAX: usize = 512;
-
-/// Discovery documents by issuer, each for [`DISCOVERY_TTL`], at most `max` of them.
-#[derive(Debug)]
-pub(crate) struct DiscoveryCache {
-    entries: Mutex<HashMap<String, (DateTime<Utc>, DiscoveredMetadata)>>,
-    max: usize,
-}
-
-impl Default for DiscoveryCache {
-    fn default() -> Self {
-        Self::with_max(DISCOVERY_CACHE_MAX)
-    }
-}
-
-impl DiscoveryCache {
-    fn with_max(max: usize) -> Self {
-        Self {
-            entries: Mutex::default(),
-            max: max.max(1),
-        }
-    }
-
-    /// The document fetched less than [`DISCOVERY_TTL`] ago; a stale one is dropped.
-    fn get(&self, issuer: &str, now: DateTime<Utc>) -> Option<DiscoveredMetadata> {
-        let mut entries = self.entries.lock().ok()?;
-        match entries.get(issuer) {
-            Some((at, meta)) if now - *at < DISCOVERY_TTL => Some(meta.clone()),
-            Some(_) => {
-                entries.remove(issuer);
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// Keeps `meta`, first dropping every stale entry and, when still full, the oldest.
-    fn insert(&self, issuer: &str, now: DateTime<Utc>, meta: DiscoveredMetadata) {
-        let Ok(mut entries) = self.entries.lock() else {
-            return;
-        };
-        entries.retain(|_, (at, _)| now - *at < DISCOVERY_TTL);
-        while entries.len() >= self.max && !entries.contains_key(issuer) {
-            let Some(oldest) = entries
-                .iter()
-                .min_by_key(|(_, (at, _))| *at)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            entries.remove(&oldest);
-        }
-        entries.insert(issuer.to_owned(), (now, meta));
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
-    }
-}
+/// How often the callback tries its write when a refresh or rename raced it.
+const CALLBACK_WRITE_ATTEMPTS: Attempts = Attempts(5);
+/// How often recording a callback's error is tried against concurrent writes; it is
+/// only a note, so it gives up sooner.
+const NOTE_ERROR_ATTEMPTS: Attempts = Attempts(3);
+/// A state longer than any we issue is refused unread.
+const MAX_STATE_CHARS: usize = 512;
+/// How much of a provider's `error` and `error_description` is kept on the connection.
+const MAX_PROVIDER_ERROR_CHARS: usize = 64;
+const MAX_PROVIDER_DESCRIPTION_CHARS: usize = 300;
 
 /// The query of a callback request. Its `Debug` leaves out the state (a single-use
 /// credential until the callback ends); the code is a secret type.
@@ -134,16 +72,6 @@ impl Latchkey {
         secret: &SecretString,
     ) -> Result<latchkey_domain::Sealed, AppError> {
         self.seal_str(secret, &Self::client_secret_ctx(client))
-    }
-
-    async fn discovered(&self, issuer: &str) -> Result<DiscoveredMetadata, AppError> {
-        let now = self.now();
-        if let Some(meta) = self.discovery.get(issuer, now) {
-            return Ok(meta);
-        }
-        let meta = self.svc.provider.discover(issuer.to_owned()).await?;
-        self.discovery.insert(issuer, now, meta.clone());
-        Ok(meta)
     }
 
     /// The effective provider settings of an OAuth connection.
@@ -261,7 +189,7 @@ impl Latchkey {
             .as_deref()
             .filter(|s| !s.is_empty())
             .ok_or(CallbackError::MissingParameter("state"))?;
-        if state.len() > 512 {
+        if state.len() > MAX_STATE_CHARS {
             return Err(CallbackError::UnknownState);
         }
         let session = self
@@ -307,12 +235,12 @@ impl Latchkey {
             let error: String = error
                 .chars()
                 .filter(|c| c.is_ascii_graphic())
-                .take(64)
+                .take(MAX_PROVIDER_ERROR_CHARS)
                 .collect();
             let description = params.error_description.as_deref().map(|d| {
                 d.chars()
                     .filter(|c| !c.is_control())
-                    .take(300)
+                    .take(MAX_PROVIDER_DESCRIPTION_CHARS)
                     .collect::<String>()
             });
             let message = match description {
@@ -384,113 +312,76 @@ impl Latchkey {
             },
             None => None,
         };
-        let scopes = tokens
-            .scopes
-            .clone()
-            .unwrap_or_else(|| provider.scopes.clone());
         // The new grant replaces the old one in one compare-and-set write; a refresh of
         // the old grant that is still in flight then fails its own write.
-        for _ in 0..CALLBACK_WRITE_ATTEMPTS {
-            let mut c = self
-                .svc
-                .connections
-                .get_connection(session.connection_id)
-                .await
-                .map_err(|e| CallbackError::Internal(e.to_string()))?
-                .ok_or(CallbackError::ConnectionGone)?;
-            let access = self.seal_str(
-                &tokens.access_token,
-                &SealContext::new(c.project_id.as_str(), c.id, fields::ACCESS_TOKEN),
-            )?;
-            let refresh = tokens
-                .refresh_token
-                .as_ref()
-                .map(|r| {
-                    self.seal_str(
-                        r,
-                        &SealContext::new(c.project_id.as_str(), c.id, fields::REFRESH_TOKEN),
-                    )
+        let issued = self.seal_issued(&c, &tokens, sent_at)?;
+        let written = self
+            .modify_connection(session.connection_id, CALLBACK_WRITE_ATTEMPTS, |c| {
+                let from = c.authorize(
+                    issued.clone(),
+                    &provider.scopes,
+                    authorized_user.clone(),
+                    &self.settings.refresh,
+                    self.now(),
+                )?;
+                Ok::<_, AppError>(Edit::Write(vec![self.event(
+                    c,
+                    Some(from),
+                    "authorized",
+                    None,
+                )]))
+            })
+            .await
+            .map_err(|e| CallbackError::Internal(e.to_string()))?;
+        match written {
+            Cas::Written(c) => {
+                tracing::info!(connection = %c.id, "connection authorized");
+                Ok(CallbackOutcome {
+                    connection_id: c.id,
+                    project_id: c.project_id.clone(),
+                    name: c.name.to_string(),
+                    status: c.status(),
                 })
-                .transpose()?;
-            let grant = Grant {
-                access_token: access,
-                refresh_token: refresh,
-                token_type: tokens.token_type.clone(),
-                scopes: scopes.clone(),
-                obtained_at: sent_at,
-                expires_at: tokens.expires_at(sent_at),
-            };
-            let change = c
-                .apply(LifecycleEvent::Authorized, self.now())
-                .map_err(AppError::from)?;
-            let from = change.map(|(f, _)| f).unwrap_or(c.status);
-            c.refresh = RefreshSchedule {
-                due_at: self.settings.refresh.due_at(&grant),
-                failures: 0,
-                lease: None,
-            };
-            c.grant = Some(grant);
-            c.authorized_user = authorized_user.clone();
-            c.last_error = None;
-            let event = self.event(&c, Some(from), "authorized", None);
-            match self.svc.connections.update_connection(&c, &[event]).await {
-                Ok(_) => {
-                    tracing::info!(connection = %c.id, "connection authorized");
-                    return Ok(CallbackOutcome {
-                        connection_id: c.id,
-                        project_id: c.project_id.clone(),
-                        name: c.name.to_string(),
-                        status: c.status,
-                    });
-                }
-                Err(StoreError::Conflict) => continue,
-                Err(StoreError::NotFound) => return Err(CallbackError::ConnectionGone),
-                Err(e) => return Err(CallbackError::Internal(e.to_string())),
             }
+            Cas::Refused(e) => Err(e.into()),
+            Cas::Gone => Err(CallbackError::ConnectionGone),
+            Cas::Skipped | Cas::Exhausted => Err(CallbackError::Internal(
+                "the connection kept changing while the authorization was saved".into(),
+            )),
         }
-        Err(CallbackError::Internal(
-            "the connection kept changing while the authorization was saved".into(),
-        ))
     }
 
     /// Records a problem on the connection without changing its status or grant.
     pub(crate) async fn note_error(&self, id: ConnectionId, message: String) {
-        for _ in 0..3 {
-            let Ok(Some(mut c)) = self.svc.connections.get_connection(id).await else {
-                return;
-            };
-            c.last_error = Some(message.clone());
-            c.updated_at = self.now();
-            match self.svc.connections.update_connection(&c, &[]).await {
-                Err(StoreError::Conflict) => continue,
-                Err(e) => {
-                    tracing::warn!(connection = %id, error = %e, "could not record the error on the connection");
-                    return;
-                }
-                Ok(_) => return,
-            }
+        let noted = self
+            .modify_connection(id, NOTE_ERROR_ATTEMPTS, |c| {
+                c.note_error(message.clone(), self.now());
+                Ok::<_, std::convert::Infallible>(Edit::Write(Vec::new()))
+            })
+            .await;
+        if let Err(e) = noted {
+            tracing::warn!(connection = %id, error = %e, "could not record the error on the connection");
         }
     }
 
     /// RFC 7009 revocation of the grant (its refresh token, else its access token).
     pub(crate) async fn revoke_grant(&self, c: &Connection) -> Result<(), AppError> {
-        let Some(grant) = &c.grant else { return Ok(()) };
+        let Some(grant) = c.grant() else {
+            return Ok(());
+        };
         let provider = self.resolve_provider(c).await?;
         let Some(endpoint) = provider.revocation_endpoint.clone() else {
             return Ok(());
         };
         let (token, hint) = match &grant.refresh_token {
             Some(r) => (
-                self.open_str(
-                    r,
-                    &SealContext::new(c.project_id.as_str(), c.id, fields::REFRESH_TOKEN),
-                )?,
+                self.open_str(r, &Self::token_ctx(c, fields::REFRESH_TOKEN))?,
                 "refresh_token",
             ),
             None => (
                 self.open_str(
                     &grant.access_token,
-                    &SealContext::new(c.project_id.as_str(), c.id, fields::ACCESS_TOKEN),
+                    &Self::token_ctx(c, fields::ACCESS_TOKEN),
                 )?,
                 "access_token",
             ),
@@ -506,76 +397,5 @@ impl Latchkey {
             .await?;
         tracing::info!(connection = %c.id, "grant revoked at the provider");
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    fn meta(issuer: &str) -> DiscoveredMetadata {
-        DiscoveredMetadata {
-            issuer: issuer.to_owned(),
-            ..Default::default()
-        }
-    }
-
-    fn t(minutes: i64) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0)
-            .single()
-            .unwrap_or_default()
-            + Duration::minutes(minutes)
-    }
-
-    #[test]
-    fn the_discovery_cache_holds_at_most_its_cap_and_drops_the_oldest() {
-        let cache = DiscoveryCache::with_max(3);
-        for i in 0..10 {
-            cache.insert(&format!("https://idp-{i}.example"), t(i), meta("x"));
-            assert!(cache.len() <= 3, "after {i}: {}", cache.len());
-        }
-        assert_eq!(cache.len(), 3);
-        for i in 0..7 {
-            assert!(
-                cache
-                    .get(&format!("https://idp-{i}.example"), t(10))
-                    .is_none(),
-                "{i}"
-            );
-        }
-        for i in 7..10 {
-            assert!(
-                cache
-                    .get(&format!("https://idp-{i}.example"), t(10))
-                    .is_some(),
-                "{i}"
-            );
-        }
-        // Refreshing a kept issuer evicts nothing.
-        cache.insert("https://idp-9.example", t(11), meta("y"));
-        assert_eq!(cache.len(), 3);
-        assert_eq!(
-            cache.get("https://idp-9.example", t(11)).unwrap().issuer,
-            "y"
-        );
-        // The default cap is finite.
-        assert_eq!(DiscoveryCache::default().max, DISCOVERY_CACHE_MAX);
-    }
-
-    #[test]
-    fn the_discovery_cache_evicts_what_outlived_its_ttl() {
-        let cache = DiscoveryCache::with_max(100);
-        cache.insert("https://a.example", t(0), meta("a"));
-        cache.insert("https://b.example", t(30), meta("b"));
-        assert!(cache.get("https://a.example", t(59)).is_some());
-        // Any insert drops every stale entry, not only the one asked for.
-        cache.insert("https://c.example", t(61), meta("c"));
-        assert_eq!(cache.len(), 2);
-        assert!(cache.get("https://a.example", t(61)).is_none());
-        // A stale entry that is asked for is dropped too.
-        assert!(cache.get("https://b.example", t(91)).is_none());
-        assert_eq!(cache.len(), 1);
-        assert!(cache.get("https://c.example", t(91)).is_some());
     }
 }

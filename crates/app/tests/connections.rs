@@ -15,7 +15,7 @@ use latchkey_app::{
 use latchkey_domain::sealed::fields;
 use latchkey_domain::{
     Connection, ConnectionConfig, ConnectionId, ConnectionName, ConnectionType, DomainError,
-    ProjectId, RefreshSchedule, Scope, Status,
+    NewConnection, ProjectId, RefreshSchedule, Scope, Status,
 };
 use latchkey_ports::{
     CipherError, MockCipher, MockConnectionStore, MockProviderClient, StoreError,
@@ -71,7 +71,7 @@ async fn create_stores_the_secrets_of_each_simple_type_sealed() {
             stored, returned,
             "{kind}: what is returned is what is stored"
         );
-        assert_eq!(stored.status, Status::Active, "{kind}");
+        assert_eq!(stored.status(), Status::Active, "{kind}");
         assert!(
             !stored.config.to_public_json().to_string().contains(secret),
             "{kind}: config holds no secret: {:?}",
@@ -130,8 +130,8 @@ async fn create_oauth_types_start_incomplete_without_grant() {
         let c = h.create(name, kind, config).await;
         let stored = h.store.connection(c.id);
         assert!(stored.kind.is_oauth());
-        assert_eq!(stored.status, Status::Incomplete, "{kind}");
-        assert_eq!(stored.grant, None);
+        assert_eq!(stored.status(), Status::Incomplete, "{kind}");
+        assert_eq!(stored.grant(), None);
         assert_eq!(stored.refresh, RefreshSchedule::default());
         assert!(!stored
             .config
@@ -399,8 +399,8 @@ async fn rename_works_for_oauth_connections() {
         assert_eq!(stored, renamed);
         assert_eq!(stored.name.as_str(), name);
         assert_eq!(stored.version, before.version + 1);
-        assert_eq!(stored.status, before.status);
-        assert_eq!(stored.grant, before.grant, "a rename keeps the grant");
+        assert_eq!(stored.status(), before.status());
+        assert_eq!(stored.grant(), before.grant(), "a rename keeps the grant");
     }
 }
 
@@ -472,24 +472,20 @@ fn api_key_connection(version: i64) -> Connection {
     let (Ok(project_id), Ok(name)) = (ProjectId::parse(PROJECT), ConnectionName::parse("k")) else {
         panic!("valid test ids");
     };
-    Connection {
-        id: ConnectionId::from_random_bytes([1; 16]),
-        project_id,
-        name,
-        kind: ConnectionType::ApiKey,
-        status: Status::Active,
-        config: ConnectionConfig::ApiKey,
-        secrets: None,
-        oauth2_client_id: None,
-        grant: None,
-        authorized_user: None,
-        refresh: RefreshSchedule::default(),
-        last_error: None,
-        created_at: t0(),
-        updated_at: t0(),
-        last_used_at: None,
-        version,
-    }
+    let mut c = Connection::new(
+        NewConnection {
+            id: ConnectionId::from_random_bytes([1; 16]),
+            project_id,
+            name,
+            kind: ConnectionType::ApiKey,
+            config: ConnectionConfig::ApiKey,
+            secrets: None,
+            oauth2_client_id: None,
+        },
+        t0(),
+    );
+    c.version = version;
+    c
 }
 
 #[tokio::test]
@@ -589,7 +585,7 @@ async fn replacing_a_simple_config_reseals_the_new_secret() {
         Credentials::ApiKey { api_key } => assert_eq!(api_key.expose_secret(), "new-key"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(h.store.connection(c.id).status, Status::Active);
+    assert_eq!(h.store.connection(c.id).status(), Status::Active);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -749,7 +745,7 @@ async fn credentials_of_an_expired_oauth_connection_are_refused() {
     )
     .await;
     h.store.write_behind_our_back(id, |c| {
-        c.status = Status::Expired;
+        *c = with_status(c.clone(), Status::Expired);
         c.last_error = Some("the provider rejected the refresh token".into());
     });
     let err = h

@@ -45,7 +45,7 @@ async fn the_store_keeps_the_lease_and_version_contracts() {
         .await
         .unwrap()
         .is_none());
-    s.write_behind_our_back(c.id, |c| c.status = Status::Active);
+    s.write_behind_our_back(c.id, |c| *c = with_status(c.clone(), Status::Active));
     let claimed = s
         .claim_refresh(c.id, &lease("w1", 1), t0())
         .await
@@ -95,7 +95,7 @@ async fn the_store_keeps_the_lease_and_version_contracts() {
         .unwrap();
     let after = s.connection(c.id);
     assert_eq!((after.version, after.refresh.lease.clone()), (v + 1, None));
-    assert_eq!(after.grant, Some(grant(1)));
+    assert_eq!(after.grant().cloned(), Some(grant(1)));
 
     // A lapsed lease can be taken over; release_refresh only works for the holder,
     // without a version bump.

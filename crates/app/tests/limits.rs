@@ -223,7 +223,7 @@ async fn retention_purges_old_events_and_usages_only() {
     let flows: Vec<_> = d.used_by.iter().map(|u| u.flow_id.as_str()).collect();
     assert_eq!((flows, d.used_by_total), (vec!["new-flow"], 1));
     // The connection itself and its secret stay.
-    assert_eq!(d.connection.status, Status::Active);
+    assert_eq!(d.connection.status(), Status::Active);
     assert_eq!(h.store.calls("purge_events"), 2);
     assert_eq!(h.store.calls("purge_usages"), 2);
 }
@@ -296,7 +296,7 @@ async fn internal_error_text_never_reaches_last_error_or_events() {
     assert_eq!(report.failed, 1);
     assert_eq!(h.app.run_expiry_cycle().await.unwrap(), 0);
     let c = h.store.connection(id);
-    assert_eq!(c.status, Status::Active);
+    assert_eq!(c.status(), Status::Active);
     let err = c.last_error.unwrap();
     assert!(!leaked(&err), "{err}");
     assert!(err.contains(INTERNAL_ERROR_MESSAGE), "{err}");

@@ -213,7 +213,7 @@ async fn an_expired_state_is_refused_without_calling_the_provider() {
     // Refused and used up: it does not work a second time either.
     let err = refused(&h, callback(&state)).await;
     assert!(matches!(err, CallbackError::UnknownState), "{err:?}");
-    assert_eq!(h.store.connection(c.id).status, Status::Incomplete);
+    assert_eq!(h.store.connection(c.id).status(), Status::Incomplete);
 }
 
 #[tokio::test]
@@ -254,8 +254,8 @@ async fn access_denied_keeps_the_status_and_records_the_error() {
         other => panic!("{other:?}"),
     }
     let stored = h.store.connection(c.id);
-    assert_eq!(stored.status, Status::Incomplete);
-    assert_eq!(stored.grant, None);
+    assert_eq!(stored.status(), Status::Incomplete);
+    assert_eq!(stored.grant(), None);
     assert!(
         stored
             .last_error
@@ -320,8 +320,8 @@ async fn a_successful_callback_stores_the_grant_sealed_and_activates() {
     assert_eq!(outcome.name, "drive");
 
     let stored = h.store.connection(c.id);
-    assert_eq!(stored.status, Status::Active);
-    let g = stored.grant.as_ref().unwrap();
+    assert_eq!(stored.status(), Status::Active);
+    let g = stored.grant().unwrap();
     for (sealed, plain) in [
         (&g.access_token, "at-1"),
         (g.refresh_token.as_ref().unwrap(), "rt-1"),
@@ -370,7 +370,7 @@ async fn reauthorizing_an_expired_connection_reactivates_it_in_place() {
         .await
         .unwrap();
     h.store.write_behind_our_back(c.id, |c| {
-        c.status = Status::Expired;
+        *c = with_status(c.clone(), Status::Expired);
         c.last_error = Some("refresh token revoked".into());
     });
 
@@ -383,7 +383,7 @@ async fn reauthorizing_an_expired_connection_reactivates_it_in_place() {
     assert_eq!(outcome.status, Status::Active);
     let stored = h.store.connection(c.id);
     assert_eq!((stored.id, stored.name.as_str()), (c.id, "drive"));
-    assert_eq!(stored.status, Status::Active);
+    assert_eq!(stored.status(), Status::Active);
     assert_eq!(stored.last_error, None);
     assert_eq!(h.stored_tokens(c.id), ("at-2".into(), Some("rt-2".into())));
     let usages = h.app.get_connection(&admin(), c.id).await.unwrap().used_by;
@@ -436,8 +436,8 @@ async fn a_failed_reauthorization_leaves_the_old_grant_in_place() {
     assert!(matches!(err, CallbackError::Denied(_)), "{err:?}");
 
     let after = h.store.connection(c.id);
-    assert_eq!(after.status, Status::Active);
-    assert_eq!(after.grant, before.grant);
+    assert_eq!(after.status(), Status::Active);
+    assert_eq!(after.grant(), before.grant());
     assert_eq!(h.stored_tokens(c.id), ("at-1".into(), Some("rt-1".into())));
     assert!(after
         .last_error

@@ -352,7 +352,7 @@ async fn without_an_issuer_an_iss_from_another_origin_is_refused_before_the_exch
     }
     assert_eq!(*exchanged.lock().unwrap(), 0, "no token request");
     assert_eq!(
-        h.store.connection(c.id).status,
+        h.store.connection(c.id).status(),
         latchkey_domain::Status::Incomplete
     );
 

@@ -141,13 +141,13 @@ async fn a_response_without_refresh_token_keeps_the_old_one() {
     assert_eq!(*p.presented_refresh_tokens.lock().unwrap(), ["rt-1"]);
     assert_eq!(h.stored_tokens(id), ("at-2".into(), Some("rt-1".into())));
     let c = h.store.connection(id);
-    let g = c.grant.as_ref().unwrap();
+    let g = c.grant().unwrap();
     let now = t0() + Duration::minutes(DUE);
     assert_eq!(g.obtained_at, now);
     assert_eq!(g.expires_at, Some(now + Duration::seconds(1800)));
     assert_eq!(c.refresh.due_at, Some(now + Duration::seconds(1500)));
     assert_eq!((c.refresh.failures, c.refresh.lease.clone()), (0, None));
-    assert_eq!(c.status, Status::Active);
+    assert_eq!(c.status(), Status::Active);
 }
 
 #[tokio::test]
@@ -200,7 +200,7 @@ async fn invalid_grant_expires_the_connection_with_a_reason() {
         "{err:?}"
     );
     let c = h.store.connection(id);
-    assert_eq!(c.status, Status::Expired);
+    assert_eq!(c.status(), Status::Expired);
     let reason = c.last_error.clone().unwrap();
     assert!(reason.contains("invalid_grant"), "{reason}");
     assert!(
@@ -259,13 +259,13 @@ async fn invalid_grant_after_another_worker_refreshed_does_not_expire() {
             obtained_at: now,
             expires_at: Some(now + Duration::seconds(3600)),
         };
-        store.write_behind_our_back(id, |c| c.grant = Some(grant));
+        store.write_behind_our_back(id, |c| *c = with_grant(c.clone(), Some(grant)));
     });
     p.push_refresh(Err(OAuthError::InvalidGrant(None)));
 
     assert_eq!(fetch(&h.app, id).await.unwrap(), "at-other");
     let c = h.store.connection(id);
-    assert_eq!(c.status, Status::Active);
+    assert_eq!(c.status(), Status::Active);
     assert_eq!(c.refresh.lease, None, "the lease is given back");
     assert!(h
         .store
@@ -288,7 +288,7 @@ async fn transient_errors_back_off_and_keep_serving_the_valid_token() {
 
     assert_eq!(fetch(&h.app, id).await.unwrap(), "at-a");
     let c = h.store.connection(id);
-    assert_eq!(c.status, Status::Active);
+    assert_eq!(c.status(), Status::Active);
     assert_eq!(c.refresh.failures, 1);
     let due = c.refresh.due_at.unwrap();
     assert!(
@@ -470,7 +470,7 @@ async fn a_reconnect_during_an_in_flight_refresh_wins_over_the_slow_refresh() {
         ("at-new".into(), Some("rt-new".into()))
     );
     let c = h.store.connection(id);
-    assert_eq!(c.status, Status::Active);
+    assert_eq!(c.status(), Status::Active);
     // The superseded refresh gives its lease back rather than blocking other workers.
     assert_eq!(c.refresh.lease, None);
     assert_eq!(
@@ -503,7 +503,7 @@ async fn the_expiry_cycle_expires_only_dead_grants() {
     assert_eq!(h.app.run_expiry_cycle().await.unwrap(), 1);
 
     let c = h.store.connection(no_refresh);
-    assert_eq!(c.status, Status::Expired);
+    assert_eq!(c.status(), Status::Expired);
     assert!(c
         .last_error
         .as_deref()
@@ -514,7 +514,7 @@ async fn the_expiry_cycle_expires_only_dead_grants() {
 
     let c = h.store.connection(failing);
     assert_eq!(
-        c.status,
+        c.status(),
         Status::Active,
         "a transient failure never expires"
     );
@@ -524,11 +524,11 @@ async fn the_expiry_cycle_expires_only_dead_grants() {
     assert_ne!(h.store.events(failing).pop().unwrap().kind, "lapsed");
 
     assert_eq!(
-        h.store.connection(notion).status,
+        h.store.connection(notion).status(),
         Status::Active,
         "tokens without expiry never lapse"
     );
-    assert_eq!(h.store.connection(fresh).status, Status::Active);
+    assert_eq!(h.store.connection(fresh).status(), Status::Active);
     // The expiry job itself calls no provider.
     assert_eq!(*p.presented_refresh_tokens.lock().unwrap(), ["rt-failing"]);
     assert_eq!(fetch(&h.app, notion).await.unwrap(), "at-notion");
@@ -541,7 +541,7 @@ async fn the_expiry_cycle_keeps_a_grant_it_manages_to_refresh() {
     h.clock.advance(Duration::minutes(61));
     p.push_refresh(Ok(tokens("at-2", None, Some(3600))));
     assert_eq!(h.app.run_expiry_cycle().await.unwrap(), 0);
-    assert_eq!(h.store.connection(id).status, Status::Active);
+    assert_eq!(h.store.connection(id).status(), Status::Active);
     assert_eq!(fetch(&h.app, id).await.unwrap(), "at-2");
 }
 
@@ -603,8 +603,8 @@ async fn the_refresh_cycle_counts_failures_and_expirations() {
         }
     );
     assert_eq!(h.stored_tokens(ok).0, "at-ok-2");
-    assert_eq!(h.store.connection(rejected).status, Status::Expired);
-    assert_eq!(h.store.connection(flaky).status, Status::Active);
+    assert_eq!(h.store.connection(rejected).status(), Status::Expired);
+    assert_eq!(h.store.connection(flaky).status(), Status::Active);
     assert_eq!(h.store.connection(flaky).refresh.failures, 1);
 }
 
@@ -612,7 +612,14 @@ async fn the_refresh_cycle_counts_failures_and_expirations() {
 async fn back_off_without_retry_after_never_outlives_the_token() {
     let (h, p) = harness();
     let id = google(&h, &p, "a", Some("rt-1")).await;
-    let expires_at = h.store.connection(id).grant.unwrap().expires_at.unwrap();
+    let expires_at = h
+        .store
+        .connection(id)
+        .grant()
+        .cloned()
+        .unwrap()
+        .expires_at
+        .unwrap();
     h.clock.advance(Duration::minutes(DUE));
     // Failures pile up: the doubling back-off would soon reach past the token's expiry.
     let mut round = 0u32;

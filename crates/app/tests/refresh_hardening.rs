@@ -86,7 +86,7 @@ async fn a_huge_expires_in_from_a_refresh_is_clamped_not_a_panic() {
 
     let report = h.app.run_refresh_cycle().await.unwrap();
     assert_eq!((report.refreshed, report.panicked), (1, 0));
-    let g = h.store.connection(id).grant.unwrap();
+    let g = h.store.connection(id).grant().cloned().unwrap();
     assert_eq!(
         g.expires_at,
         Some(t0() + Duration::minutes(DUE) + MAX_TOKEN_LIFETIME)
@@ -101,8 +101,11 @@ async fn a_huge_expires_in_from_a_code_exchange_is_clamped_not_a_panic() {
     huge.expires_in = Some(Duration::MAX);
     let id = connected(&h, &p, "a", "google", huge).await;
     let c = h.store.connection(id);
-    assert_eq!(c.status, Status::Active);
-    assert_eq!(c.grant.unwrap().expires_at, Some(t0() + MAX_TOKEN_LIFETIME));
+    assert_eq!(c.status(), Status::Active);
+    assert_eq!(
+        c.grant().cloned().unwrap().expires_at,
+        Some(t0() + MAX_TOKEN_LIFETIME)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,7 +133,7 @@ async fn a_panicking_refresh_is_contained_counted_and_backs_off() {
         "the other one refreshed"
     );
     let c = h.store.connection(bad);
-    assert_eq!(c.status, Status::Active);
+    assert_eq!(c.status(), Status::Active);
     assert_eq!(c.refresh.lease, None, "the lease was given back");
     assert_eq!(c.refresh.failures, 1);
     assert!(c.refresh.due_at.unwrap() > now, "it backs off");
@@ -355,14 +358,14 @@ async fn the_expiry_job_never_writes_over_a_live_lease_of_another_worker() {
 
     assert_eq!(h.app.run_expiry_cycle().await.unwrap(), 0);
     let c = h.store.connection(id);
-    assert_eq!(c.status, Status::Active);
+    assert_eq!(c.status(), Status::Active);
     assert_eq!(c.refresh.lease, Some(theirs), "their lease is untouched");
 
     // Once their lease is over, the dead grant is expired (and no lease is left behind).
     h.clock.advance(Duration::seconds(31));
     assert_eq!(h.app.run_expiry_cycle().await.unwrap(), 1);
     let c = h.store.connection(id);
-    assert_eq!(c.status, Status::Expired);
+    assert_eq!(c.status(), Status::Expired);
     assert_eq!(c.refresh.lease, None);
 }
 
@@ -513,7 +516,7 @@ async fn failures_other_than_invalid_grant_never_expire_a_lapsed_grant() {
             };
             assert!(retry_after_secs >= 1, "{what}");
             let c = h.store.connection(id);
-            assert_eq!(c.status, Status::Active, "{what}");
+            assert_eq!(c.status(), Status::Active, "{what}");
             h.clock.set(c.refresh.due_at.unwrap());
         }
         // The provider recovers: so does the connection, by itself.
@@ -574,7 +577,7 @@ async fn only_a_confirmed_invalid_grant_expires_a_lapsed_grant() {
     let report = h.app.run_refresh_cycle().await.unwrap();
     assert_eq!(report.expired, 1);
     let c = h.store.connection(id);
-    assert_eq!(c.status, Status::Expired);
+    assert_eq!(c.status(), Status::Expired);
     assert_eq!(c.refresh.lease, None);
     assert!(matches!(
         fetch(&h.app, id).await.unwrap_err(),

@@ -19,6 +19,10 @@ use crate::provider::Provider;
 use crate::sealed::Sealed;
 use crate::DomainError;
 
+pub mod lifecycle;
+
+pub use lifecycle::{initial_status, transition, ExpiryReason, IssuedTokens, LifecycleEvent};
+
 /// What kind of credential a connection holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConnectionType {
@@ -171,64 +175,6 @@ impl FromStr for Status {
     }
 }
 
-/// Something that happens to a connection and may change its status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LifecycleEvent {
-    /// The consent flow completed and a new grant was stored.
-    Authorized,
-    /// The provider issued fresh tokens for the current grant.
-    Refreshed,
-    /// The provider refused the refresh token (`invalid_grant`): the grant is dead.
-    RefreshRejected,
-    /// The access token passed its expiry and could not be refreshed.
-    Lapsed,
-    /// The secret fields of a non-OAuth connection were replaced.
-    SecretReplaced,
-}
-
-impl LifecycleEvent {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            LifecycleEvent::Authorized => "authorized",
-            LifecycleEvent::Refreshed => "refreshed",
-            LifecycleEvent::RefreshRejected => "refresh_rejected",
-            LifecycleEvent::Lapsed => "lapsed",
-            LifecycleEvent::SecretReplaced => "secret_replaced",
-        }
-    }
-}
-
-/// The state machine: the status after `event`, or why the event is illegal.
-pub fn transition(
-    kind: ConnectionType,
-    from: Status,
-    event: LifecycleEvent,
-) -> Result<Status, DomainError> {
-    use LifecycleEvent as E;
-    use Status as S;
-    let illegal = || DomainError::IllegalTransition {
-        from,
-        event: event.as_str(),
-        kind: kind.as_str(),
-    };
-    match (kind.is_oauth(), from, event) {
-        (true, _, E::Authorized) => Ok(S::Active),
-        (true, S::Active, E::Refreshed) => Ok(S::Active),
-        (true, S::Active, E::RefreshRejected | E::Lapsed) => Ok(S::Expired),
-        (false, S::Active, E::SecretReplaced) => Ok(S::Active),
-        _ => Err(illegal()),
-    }
-}
-
-/// The status a new connection of `kind` starts in.
-pub fn initial_status(kind: ConnectionType) -> Status {
-    if kind.is_oauth() {
-        Status::Incomplete
-    } else {
-        Status::Active
-    }
-}
-
 /// A connection's display name: trimmed, 1 to 200 characters, no control characters.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -312,21 +258,23 @@ pub struct RefreshSchedule {
     pub lease: Option<Lease>,
 }
 
-/// The connection aggregate.
+/// The connection aggregate. Its status and grant change only through the lifecycle
+/// methods (see [`lifecycle`]), so that every path that changes them applies the same
+/// rules; a store rebuilds a stored connection with [`Connection::restore`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Connection {
     pub id: ConnectionId,
     pub project_id: ProjectId,
     pub name: ConnectionName,
     pub kind: ConnectionType,
-    pub status: Status,
+    status: Status,
     /// The non-secret part of the configuration; shown back by the management API.
     pub config: ConnectionConfig,
     /// The secret part (api key, password, secret custom fields, an inline OAuth client
     /// secret), sealed as one JSON object.
     pub secrets: Option<Sealed>,
     pub oauth2_client_id: Option<OAuthClientId>,
-    pub grant: Option<Grant>,
+    grant: Option<Grant>,
     /// The user who authorized the grant, as the provider's userinfo endpoint told it.
     pub authorized_user: Option<serde_json::Value>,
     pub refresh: RefreshSchedule,
@@ -339,7 +287,127 @@ pub struct Connection {
     pub version: i64,
 }
 
+/// Every field of a stored connection, as a store reads it back: the input of
+/// [`Connection::restore`] and the output of [`Connection::into_parts`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectionParts {
+    pub id: ConnectionId,
+    pub project_id: ProjectId,
+    pub name: ConnectionName,
+    pub kind: ConnectionType,
+    pub status: Status,
+    pub config: ConnectionConfig,
+    pub secrets: Option<Sealed>,
+    pub oauth2_client_id: Option<OAuthClientId>,
+    pub grant: Option<Grant>,
+    pub authorized_user: Option<serde_json::Value>,
+    pub refresh: RefreshSchedule,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub version: i64,
+}
+
+/// What a new connection is made of; the rest follows from the rules.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewConnection {
+    pub id: ConnectionId,
+    pub project_id: ProjectId,
+    pub name: ConnectionName,
+    pub kind: ConnectionType,
+    pub config: ConnectionConfig,
+    pub secrets: Option<Sealed>,
+    pub oauth2_client_id: Option<OAuthClientId>,
+}
+
 impl Connection {
+    /// A new connection in the initial status of its type, at version 1, without a grant.
+    pub fn new(n: NewConnection, now: DateTime<Utc>) -> Self {
+        Self {
+            id: n.id,
+            project_id: n.project_id,
+            name: n.name,
+            kind: n.kind,
+            status: initial_status(n.kind),
+            config: n.config,
+            secrets: n.secrets,
+            oauth2_client_id: n.oauth2_client_id,
+            grant: None,
+            authorized_user: None,
+            refresh: RefreshSchedule::default(),
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+            last_used_at: None,
+            version: 1,
+        }
+    }
+
+    /// Rebuilds a connection as it was stored. For stores: the parts are trusted to be
+    /// what the lifecycle methods once produced.
+    pub fn restore(p: ConnectionParts) -> Self {
+        Self {
+            id: p.id,
+            project_id: p.project_id,
+            name: p.name,
+            kind: p.kind,
+            status: p.status,
+            config: p.config,
+            secrets: p.secrets,
+            oauth2_client_id: p.oauth2_client_id,
+            grant: p.grant,
+            authorized_user: p.authorized_user,
+            refresh: p.refresh,
+            last_error: p.last_error,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+            last_used_at: p.last_used_at,
+            version: p.version,
+        }
+    }
+
+    /// Every field, for a store to write or a test to rebuild a variant with
+    /// [`Connection::restore`].
+    pub fn into_parts(self) -> ConnectionParts {
+        ConnectionParts {
+            id: self.id,
+            project_id: self.project_id,
+            name: self.name,
+            kind: self.kind,
+            status: self.status,
+            config: self.config,
+            secrets: self.secrets,
+            oauth2_client_id: self.oauth2_client_id,
+            grant: self.grant,
+            authorized_user: self.authorized_user,
+            refresh: self.refresh,
+            last_error: self.last_error,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            last_used_at: self.last_used_at,
+            version: self.version,
+        }
+    }
+
+    /// Where the connection is in its lifecycle.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// The OAuth grant held, if any.
+    pub fn grant(&self) -> Option<&Grant> {
+        self.grant.as_ref()
+    }
+
+    /// Whether two reads of a connection hold the same grant. Sealed values never repeat
+    /// (each seal has its own nonce), so comparing the sealed access tokens tells a grant
+    /// from any later one.
+    pub fn holds_same_grant(&self, other: &Connection) -> bool {
+        self.grant.as_ref().map(|g| &g.access_token)
+            == other.grant.as_ref().map(|g| &g.access_token)
+    }
+
     /// Applies a lifecycle event, returning the status change if there was one.
     pub fn apply(
         &mut self,
@@ -363,58 +431,6 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use LifecycleEvent as E;
-    use Status as S;
-
-    #[test]
-    fn transition_table() {
-        let oauth = ConnectionType::OAuth(Provider::Google);
-        let key = ConnectionType::ApiKey;
-        let table: &[(ConnectionType, Status, LifecycleEvent, Option<Status>)] = &[
-            (oauth, S::Incomplete, E::Authorized, Some(S::Active)),
-            (oauth, S::Active, E::Authorized, Some(S::Active)),
-            (oauth, S::Expired, E::Authorized, Some(S::Active)),
-            (oauth, S::Active, E::Refreshed, Some(S::Active)),
-            (oauth, S::Incomplete, E::Refreshed, None),
-            (oauth, S::Expired, E::Refreshed, None),
-            (oauth, S::Active, E::RefreshRejected, Some(S::Expired)),
-            (oauth, S::Active, E::Lapsed, Some(S::Expired)),
-            (oauth, S::Incomplete, E::Lapsed, None),
-            (oauth, S::Expired, E::Lapsed, None),
-            (oauth, S::Expired, E::RefreshRejected, None),
-            (oauth, S::Active, E::SecretReplaced, None),
-            (key, S::Active, E::SecretReplaced, Some(S::Active)),
-            (key, S::Active, E::Authorized, None),
-            (key, S::Active, E::Refreshed, None),
-            (key, S::Active, E::Lapsed, None),
-            (ConnectionType::Basic, S::Active, E::RefreshRejected, None),
-        ];
-        for &(kind, from, event, want) in table {
-            let got = transition(kind, from, event).ok();
-            assert_eq!(got, want, "{kind} {from} --{event:?}-->");
-        }
-    }
-
-    #[test]
-    fn illegal_transition_error_names_everything() {
-        let err = transition(ConnectionType::Custom, S::Active, E::Refreshed).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "a custom connection in status active cannot be refreshed"
-        );
-    }
-
-    #[test]
-    fn initial_status_depends_on_type() {
-        for t in ConnectionType::ALL {
-            let want = if t.is_oauth() {
-                S::Incomplete
-            } else {
-                S::Active
-            };
-            assert_eq!(initial_status(t), want, "{t}");
-        }
-    }
 
     #[test]
     fn type_names_and_aliases() {
@@ -438,7 +454,7 @@ mod tests {
 
     #[test]
     fn status_parse_accepts_inactive_alias() {
-        assert_eq!("inactive".parse::<Status>().unwrap(), S::Expired);
+        assert_eq!("inactive".parse::<Status>().unwrap(), Status::Expired);
         assert!("paused".parse::<Status>().is_err());
     }
 

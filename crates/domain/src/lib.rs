@@ -45,8 +45,9 @@ pub use config::{
     SecretFields, UrlPolicy,
 };
 pub use connection::{
-    initial_status, transition, Connection, ConnectionName, ConnectionType, Grant, Lease,
-    LifecycleEvent, RefreshSchedule, Status,
+    initial_status, transition, Connection, ConnectionName, ConnectionParts, ConnectionType,
+    ExpiryReason, Grant, IssuedTokens, Lease, LifecycleEvent, NewConnection, RefreshSchedule,
+    Status,
 };
 pub use error::DomainError;
 pub use ids::{AccessKeyId, ConnectionId, EventId, FlowId, OAuthClientId, ProjectId};
@@ -56,7 +57,7 @@ pub use records::{
     sanitize_authorized_user, AccessKey, AuthSession, ConnectionEvent, EventCursor, OAuthClient,
     Scope, Usage,
 };
-pub use refresh::RefreshPolicy;
+pub use refresh::{RefreshFailure, RefreshPolicy};
 pub use sealed::{SealContext, Sealed};
 
 /// Hex SHA-256 of an access key's secret half: what the store keeps instead of the key.

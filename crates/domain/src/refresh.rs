@@ -2,7 +2,32 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::connection::Grant;
+use crate::connection::{Connection, Grant};
+
+/// Back-off doubles per failure at most this often (then the cap applies anyway), so
+/// that the shift cannot overflow.
+const MAX_BACKOFF_DOUBLINGS: u32 = 20;
+/// A retry aimed before a live token lapses is made this long before its expiry...
+const RETRY_BEFORE_EXPIRY: Duration = Duration::seconds(1);
+/// ...but never sooner than this from now, so that a token about to lapse is not
+/// retried in a tight loop.
+const MIN_RETRY_DELAY: Duration = Duration::milliseconds(500);
+/// The shortest wait a credentials caller is told to observe before asking again.
+const MIN_CALLER_RETRY_AFTER: Duration = Duration::seconds(1);
+
+/// How a refresh attempt failed, when the grant itself is not lost (an `invalid_grant`
+/// is: see [`crate::ExpiryReason`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshFailure {
+    /// The provider or the network failed, or the refresh could not start; worth retrying
+    /// soon. `retry_after` is the provider's own `Retry-After`, when it sent one.
+    Transient { retry_after: Option<Duration> },
+    /// The provider refused our client (`invalid_client`): nothing changes until someone
+    /// fixes the configuration, so retry only after the longest back-off.
+    Configuration,
+    /// The refresh failed inside Latchkey (it panicked): back off plainly.
+    Internal,
+}
 
 /// Tunables of the refresh policy (from configuration).
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +74,7 @@ impl RefreshPolicy {
     /// (1 for the first), with `jitter` in `[0, 1)` spreading retries of many connections.
     /// A provider's `Retry-After` is honoured when longer.
     pub fn backoff(&self, failures: u32, jitter: f64, retry_after: Option<Duration>) -> Duration {
-        let exp = failures.saturating_sub(1).min(20);
+        let exp = failures.saturating_sub(1).min(MAX_BACKOFF_DOUBLINGS);
         let base_ms = self.backoff_base.num_milliseconds().max(1);
         let raw = base_ms
             .saturating_mul(1_i64 << exp)
@@ -62,6 +87,61 @@ impl RefreshPolicy {
             Some(r) if r > d => r,
             _ => d,
         }
+    }
+}
+
+impl RefreshPolicy {
+    /// When to try again after the `failures`-th consecutive failure (1 for the first) of
+    /// class `failure`, for a grant whose access token expires at `expires_at`.
+    ///
+    /// Unless the provider named its own Retry-After, a transient failure is retried
+    /// before the current token lapses: a short-lived token must not die of one hiccup.
+    /// Once it has lapsed, the plain back-off applies, so a provider that is down is not
+    /// called on every cycle and every credentials request.
+    pub fn retry_at(
+        &self,
+        failure: RefreshFailure,
+        failures: u32,
+        jitter: f64,
+        expires_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> DateTime<Utc> {
+        match failure {
+            RefreshFailure::Configuration => now + self.backoff_cap,
+            RefreshFailure::Internal => now + self.backoff(failures, jitter, None),
+            RefreshFailure::Transient { retry_after } => {
+                let due = now + self.backoff(failures, jitter, retry_after);
+                match (retry_after, expires_at) {
+                    (None, Some(expires_at)) if expires_at > now => {
+                        due.min((expires_at - RETRY_BEFORE_EXPIRY).max(now + MIN_RETRY_DELAY))
+                    }
+                    _ => due,
+                }
+            }
+        }
+    }
+
+    /// Whether a credentials request at `now` should refresh first: the grant is due and
+    /// no back-off after failed attempts (a provider's Retry-After included) is running,
+    /// so that a struggling provider is not called again by every workflow run.
+    pub fn wants_refresh(&self, c: &Connection, now: DateTime<Utc>) -> bool {
+        let backing_off = c.refresh.failures > 0 && c.refresh.due_at.is_some_and(|d| d > now);
+        !backing_off && c.grant().is_some_and(|g| self.needs_refresh(g, now))
+    }
+
+    /// How long a credentials caller should wait before asking again for a token that
+    /// lapsed and could not be refreshed yet: until the back-off ends (`due_at`), at
+    /// least a second and at most the back-off cap.
+    pub fn caller_retry_after(
+        &self,
+        due_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Duration {
+        due_at
+            .map(|d| d - now)
+            .unwrap_or(self.backoff_base)
+            .max(MIN_CALLER_RETRY_AFTER)
+            .min(self.backoff_cap.max(MIN_CALLER_RETRY_AFTER))
     }
 }
 
@@ -147,6 +227,85 @@ mod tests {
                 "{failures} {jitter} {retry_after:?}"
             );
         }
+    }
+
+    #[test]
+    fn wants_refresh_table() {
+        use crate::connection::{ConnectionParts, RefreshSchedule, Status};
+        let p = RefreshPolicy {
+            margin: Duration::seconds(300),
+            ..Default::default()
+        };
+        // (grant due at 3300, failures, schedule due, now, wants)
+        let table = [
+            (true, 0, Some(3300), 3299, false), // not due yet
+            (true, 0, Some(3300), 3300, true),  // due
+            (true, 2, Some(3400), 3350, false), // due, but backing off
+            (true, 2, Some(3400), 3400, true),  // back-off over
+            (true, 2, None, 3350, true),        // failures without a schedule: no back-off
+            (false, 0, None, 9999, false),      // no grant
+        ];
+        for (with_grant, failures, due, now, want) in table {
+            let c = Connection::restore(ConnectionParts {
+                id: crate::ConnectionId::from_random_bytes([1; 16]),
+                project_id: crate::ProjectId::parse("p").unwrap(),
+                name: crate::ConnectionName::parse("n").unwrap(),
+                kind: crate::ConnectionType::OAuth(crate::Provider::Google),
+                status: Status::Active,
+                config: crate::ConnectionConfig::OAuth(Default::default()),
+                secrets: None,
+                oauth2_client_id: None,
+                grant: with_grant.then(|| grant(0, Some(3600), true)),
+                authorized_user: None,
+                refresh: RefreshSchedule {
+                    due_at: due.map(t),
+                    failures,
+                    lease: None,
+                },
+                last_error: None,
+                created_at: t(0),
+                updated_at: t(0),
+                last_used_at: None,
+                version: 1,
+            });
+            assert_eq!(
+                p.wants_refresh(&c, t(now)),
+                want,
+                "{with_grant} {failures} {due:?} {now}"
+            );
+        }
+    }
+
+    #[test]
+    fn caller_retry_after_is_clamped() {
+        let p = RefreshPolicy {
+            backoff_base: Duration::seconds(5),
+            backoff_cap: Duration::seconds(60),
+            ..Default::default()
+        };
+        let table = [
+            (Some(30), 10, 20),  // until the back-off ends
+            (Some(10), 10, 1),   // at least a second
+            (Some(5), 10, 1),    // even when the back-off is over
+            (Some(500), 10, 60), // at most the cap
+            (None, 10, 5),       // no schedule: the base
+        ];
+        for (due, now, want) in table {
+            assert_eq!(
+                p.caller_retry_after(due.map(t), t(now)),
+                Duration::seconds(want),
+                "{due:?} {now}"
+            );
+        }
+        let tiny = RefreshPolicy {
+            backoff_cap: Duration::milliseconds(10),
+            ..p
+        };
+        assert_eq!(
+            tiny.caller_retry_after(Some(t(100)), t(0)),
+            Duration::seconds(1),
+            "a cap below a second"
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::str::FromStr;
 
 use latchkey_domain::{
     AccessKey, AuthSession, Connection, ConnectionConfig, ConnectionEvent, ConnectionName,
-    ConnectionType, Grant, Lease, OAuthClient, OAuthSettings, RefreshSchedule, Sealed, Status,
-    Usage,
+    ConnectionParts, ConnectionType, Grant, Lease, OAuthClient, OAuthSettings, RefreshSchedule,
+    Sealed, Status, Usage,
 };
 use latchkey_ports::StoreError;
 use sea_orm::ActiveValue::{NotSet, Set};
@@ -90,14 +90,14 @@ pub(crate) fn grant_columns(grant: Option<&Grant>) -> GrantColumns {
 
 /// Every column of the connection, as an active model with all fields set.
 pub(crate) fn connection_row(c: &Connection) -> connections::ActiveModel {
-    let g = grant_columns(c.grant.as_ref());
+    let g = grant_columns(c.grant());
     let lease = c.refresh.lease.as_ref();
     connections::ActiveModel {
         id: Set(c.id.to_string()),
         project_id: Set(c.project_id.as_str().to_owned()),
         name: Set(c.name.as_str().to_owned()),
         kind: Set(c.kind.as_str().to_owned()),
-        status: Set(c.status.as_str().to_owned()),
+        status: Set(c.status().as_str().to_owned()),
         config: Set(c.config.to_public_json().to_string()),
         secrets: Set(c.secrets.as_ref().map(|s| s.0.clone())),
         oauth2_client_id: Set(c.oauth2_client_id.map(|id| id.to_string())),
@@ -149,7 +149,7 @@ pub(crate) fn connection_from_row(m: connections::Model) -> Result<Connection, S
         _ => None,
     };
     let kind = parse::<ConnectionType>(T, id, "kind", &m.kind)?;
-    Ok(Connection {
+    Ok(Connection::restore(ConnectionParts {
         id: parse(T, id, "id", id)?,
         project_id: parse(T, id, "project_id", &m.project_id)?,
         name: ConnectionName::parse(&m.name).map_err(|e| corrupt(T, id, "name", e))?,
@@ -180,7 +180,7 @@ pub(crate) fn connection_from_row(m: connections::Model) -> Result<Connection, S
         updated_at: from_millis(m.updated_at)?,
         last_used_at: opt_from_millis(m.last_used_at)?,
         version: m.version,
-    })
+    }))
 }
 
 pub(crate) fn event_row(e: &ConnectionEvent) -> connection_events::ActiveModel {

@@ -235,7 +235,7 @@ mod cases {
         assert!(store.replace_sealed(&read, &tokens, t(131)).await.unwrap());
         let row = store.get_connection(leased.id).await.unwrap().unwrap();
         assert_eq!(
-            row.grant.unwrap().access_token,
+            row.grant().unwrap().access_token.clone(),
             Sealed(b"new-access".to_vec())
         );
         // Untouched fields stay.
@@ -384,7 +384,7 @@ mod cases {
         // Not active, or gone: None.
         let mut inc = api_key("p1", "incomplete");
         inc.kind = google();
-        inc.status = Status::Incomplete;
+        inc = with_status(inc, Status::Incomplete);
         s1.insert_connection(&inc, &created(&inc)).await.unwrap();
         assert!(s1
             .claim_refresh(inc.id, &lease("w", t(200)), now)

@@ -18,7 +18,7 @@ pub fn connection(c: &Connection, used_by: Option<(&[Usage], u64)>) -> Value {
         "project_id": c.project_id,
         "name": c.name,
         "type": c.kind,
-        "status": c.status,
+        "status": c.status(),
         "config": c.config,
         "created_at": c.created_at,
         "updated_at": c.updated_at,
@@ -27,7 +27,7 @@ pub fn connection(c: &Connection, used_by: Option<(&[Usage], u64)>) -> Value {
         "version": c.version,
     });
     if c.kind.is_oauth() {
-        let grant = c.grant.as_ref();
+        let grant = c.grant();
         v["oauth2_client_id"] = json!(c.oauth2_client_id);
         v["oauth2"] = json!({
             "scopes": grant.map(|g| g.scopes.clone()),

@@ -341,6 +341,23 @@ impl ProviderClient for FakeProvider {
 // Wiring
 // ---------------------------------------------------------------------------------------
 
+/// `c` as a store would hold it in `status`: a shortcut past the lifecycle, for setting
+/// up a state (or playing another writer) in a test.
+pub fn with_status(c: Connection, status: latchkey_domain::Status) -> Connection {
+    Connection::restore(latchkey_domain::ConnectionParts {
+        status,
+        ..c.into_parts()
+    })
+}
+
+/// `c` holding `grant`, as a store would rebuild it.
+pub fn with_grant(c: Connection, grant: Option<latchkey_domain::Grant>) -> Connection {
+    Connection::restore(latchkey_domain::ConnectionParts {
+        grant,
+        ..c.into_parts()
+    })
+}
+
 pub fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap()
 }
@@ -495,7 +512,7 @@ impl Harness {
     /// The stored access and refresh tokens, opened.
     pub fn stored_tokens(&self, id: ConnectionId) -> (String, Option<String>) {
         let c = self.store.connection(id);
-        let g = c.grant.as_ref().expect("a grant");
+        let g = c.grant().expect("a grant");
         (
             self.cipher
                 .peek(&g.access_token, &ctx(&c, fields::ACCESS_TOKEN)),

@@ -139,7 +139,7 @@ pub async fn retention_purges_old_history_only<S: ContractStore + ?Sized>(store:
         // Created at t(0); then events at t(10) .. t(14) and usages at the same times.
         store.insert_connection(c, &created(c)).await.unwrap();
         for (version, i) in (c.version..).zip(0..5) {
-            let ev = event(c, None, c.status, &format!("k{i}"), t(10 + i));
+            let ev = event(c, None, c.status(), &format!("k{i}"), t(10 + i));
             let mut next = (*c).clone();
             next.version = version;
             store

@@ -10,7 +10,7 @@ use crate::{ConnectionQuery, StoreError, UniqueKey};
 
 pub async fn list_filters_and_paging<S: ContractStore + ?Sized>(store: &S) {
     let mut expired = oauth("p1", "expired", None, Some(10));
-    expired.status = Status::Expired;
+    expired = with_status(expired, Status::Expired);
     let rows = vec![
         api_key("p1", "k1"),
         api_key("p1", "k2"),
@@ -55,7 +55,7 @@ pub async fn list_filters_and_paging<S: ContractStore + ?Sized>(store: &S) {
             ..Default::default()
         })
         .await,
-        want(&|c| c.project_id.as_str() == "p1" && c.status == Status::Active)
+        want(&|c| c.project_id.as_str() == "p1" && c.status() == Status::Active)
     );
     assert_eq!(
         ids(ConnectionQuery {
@@ -63,7 +63,7 @@ pub async fn list_filters_and_paging<S: ContractStore + ?Sized>(store: &S) {
             ..Default::default()
         })
         .await,
-        want(&|c| c.status == Status::Expired)
+        want(&|c| c.status() == Status::Expired)
     );
     assert_eq!(
         ids(ConnectionQuery {
@@ -207,9 +207,9 @@ pub async fn update_compare_and_set<S: ContractStore + ?Sized>(store: &S) {
     store.insert_connection(&c, &created(&c)).await.unwrap();
 
     let mut next = c.clone();
-    next.status = Status::Expired;
+    next = with_status(next, Status::Expired);
     next.name = name("renamed");
-    next.grant = None;
+    next = with_grant(next, None);
     next.refresh = RefreshSchedule::default();
     next.last_error = Some("invalid_grant".into());
     next.config = ConnectionConfig::OAuth(OAuthSettings {
@@ -253,7 +253,7 @@ pub async fn update_compare_and_set<S: ContractStore + ?Sized>(store: &S) {
 
     // Several events in one update, and a second update on the new version.
     let mut third = next.clone();
-    third.status = Status::Active;
+    third = with_status(third, Status::Active);
     let evs = [
         event(
             &c,
@@ -430,11 +430,14 @@ pub async fn round_trip_every_field<S: ContractStore + ?Sized>(store: &S) {
 
     // A grant without refresh token nor expiry, and no optional fields at all.
     let mut bare = oauth("p1", "bare", None, None);
-    bare.grant = Some(latchkey_domain::Grant {
-        refresh_token: None,
-        scopes: vec![],
-        ..grant(t(5), None)
-    });
+    bare = with_grant(
+        bare,
+        Some(latchkey_domain::Grant {
+            refresh_token: None,
+            scopes: vec![],
+            ..grant(t(5), None)
+        }),
+    );
     bare.authorized_user = None;
     store
         .insert_connection(&bare, &created(&bare))
@@ -445,7 +448,7 @@ pub async fn round_trip_every_field<S: ContractStore + ?Sized>(store: &S) {
     let mut incomplete = api_key("p1", "incomplete");
     incomplete.kind = ConnectionType::OAuth(latchkey_domain::Provider::Generic);
     incomplete.config = ConnectionConfig::OAuth(OAuthSettings::default());
-    incomplete.status = Status::Incomplete;
+    incomplete = with_status(incomplete, Status::Incomplete);
     incomplete.secrets = None;
     store
         .insert_connection(&incomplete, &created(&incomplete))

@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::{DateTime, Utc};
 use latchkey_domain::{
     AccessKey, AccessKeyId, AuthSession, Connection, ConnectionConfig, ConnectionEvent,
-    ConnectionId, ConnectionName, ConnectionType, EventId, FlowId, Grant, Lease, OAuthClient,
-    OAuthClientId, OAuthSettings, ProjectId, Provider, RefreshSchedule, Scope, Sealed, Status,
+    ConnectionId, ConnectionName, ConnectionParts, ConnectionType, EventId, FlowId, Grant, Lease,
+    OAuthClient, OAuthClientId, OAuthSettings, ProjectId, Provider, RefreshSchedule, Scope, Sealed,
+    Status,
 };
 
 use crate::{ActivityStore, EventQuery};
@@ -95,7 +96,7 @@ pub fn grant(obtained: DateTime<Utc>, expires: Option<DateTime<Utc>>) -> Grant {
 
 /// A minimal API-key connection.
 pub fn api_key(project_id: &str, n: &str) -> Connection {
-    Connection {
+    Connection::restore(ConnectionParts {
         id: new_id(),
         project_id: project(project_id),
         name: name(n),
@@ -112,12 +113,12 @@ pub fn api_key(project_id: &str, n: &str) -> Connection {
         updated_at: t(0),
         last_used_at: None,
         version: 1,
-    }
+    })
 }
 
 /// An active OAuth connection with a grant expiring at `expires` and due at `due`.
 pub fn oauth(project_id: &str, n: &str, due: Option<i64>, expires: Option<i64>) -> Connection {
-    Connection {
+    Connection::restore(ConnectionParts {
         kind: google(),
         status: Status::Active,
         config: ConnectionConfig::OAuth(OAuthSettings {
@@ -133,12 +134,28 @@ pub fn oauth(project_id: &str, n: &str, due: Option<i64>, expires: Option<i64>) 
             failures: 0,
             lease: None,
         },
-        ..api_key(project_id, n)
-    }
+        ..api_key(project_id, n).into_parts()
+    })
+}
+
+/// `c` as a store would hold it in `status` (a test shortcut past the lifecycle).
+pub fn with_status(c: Connection, status: Status) -> Connection {
+    Connection::restore(ConnectionParts {
+        status,
+        ..c.into_parts()
+    })
+}
+
+/// `c` holding `grant` (a test shortcut past the lifecycle).
+pub fn with_grant(c: Connection, grant: Option<Grant>) -> Connection {
+    Connection::restore(ConnectionParts {
+        grant,
+        ..c.into_parts()
+    })
 }
 
 pub fn created(c: &Connection) -> ConnectionEvent {
-    event(c, None, c.status, "created", c.created_at)
+    event(c, None, c.status(), "created", c.created_at)
 }
 
 pub fn event(

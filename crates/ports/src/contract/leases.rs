@@ -14,7 +14,7 @@ pub async fn due_for_refresh_order_limit_and_leases<S: ContractStore + ?Sized>(s
     let not_yet = oauth("p1", "not-yet", Some(1001), Some(2000));
     let never = oauth("p1", "never", None, None);
     let mut expired = oauth("p1", "expired", Some(50), Some(60));
-    expired.status = Status::Expired;
+    expired = with_status(expired, Status::Expired);
     let mut leased = oauth("p1", "leased", Some(10), Some(2000));
     leased.refresh.lease = Some(lease("w", t(1001)));
     let mut lease_lapsed = oauth("p1", "lease-lapsed", Some(500), Some(2000));
@@ -66,7 +66,7 @@ pub async fn past_expiry<S: ContractStore + ?Sized>(store: &S) {
     let future = oauth("p1", "future", Some(1), Some(1001));
     let no_expiry = oauth("p1", "no-expiry", None, None);
     let mut expired = oauth("p1", "expired", Some(1), Some(10));
-    expired.status = Status::Expired;
+    expired = with_status(expired, Status::Expired);
     let no_grant = api_key("p1", "key");
     for x in [&a, &b, &c, &future, &no_expiry, &expired, &no_grant] {
         store.insert_connection(x, &created(x)).await.unwrap();
@@ -187,7 +187,7 @@ pub async fn save_refreshed_grant_rules<S: ContractStore + ?Sized>(store: &S) {
         .unwrap();
     let got = store.get_connection(c.id).await.unwrap().unwrap();
     let mut want = renamed.clone();
-    want.grant = Some(new_grant.clone());
+    want = with_grant(want, Some(new_grant.clone()));
     want.refresh = RefreshSchedule {
         due_at: Some(t(3400)),
         failures: 0,
@@ -200,7 +200,7 @@ pub async fn save_refreshed_grant_rules<S: ContractStore + ?Sized>(store: &S) {
     // Name, config, status, secrets and usage untouched.
     assert_eq!(got.name, name("renamed by user"));
     assert_eq!(got.config, user_edit());
-    assert_eq!(got.status, Status::Active);
+    assert_eq!(got.status(), Status::Active);
     assert_eq!(got.last_used_at, Some(t(9)));
 
     // The lease is gone: saving again, even with the right version, fails.
@@ -305,7 +305,7 @@ pub async fn release_refresh_never_writes_over_a_newer_version<S: ContractStore 
         .unwrap();
     // A reconnect writes a new grant meanwhile (the lease columns are left alone).
     let mut newer = c.clone();
-    newer.grant = Some(grant(t(110), Some(t(3700))));
+    newer = with_grant(newer, Some(grant(t(110), Some(t(3700)))));
     newer.refresh = RefreshSchedule {
         due_at: Some(t(3400)),
         failures: 0,

@@ -3,7 +3,9 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use latchkey_domain::{Connection, ConnectionId, Grant, Lease, RefreshSchedule, Status};
+use latchkey_domain::{
+    Connection, ConnectionId, ConnectionParts, Grant, Lease, RefreshSchedule, Status,
+};
 
 use crate::{RefreshLeaseStore, StoreError};
 
@@ -23,9 +25,9 @@ impl RefreshLeaseStore for FakeStore {
         let mut due: Vec<(Key, ConnectionId)> = t
             .connections
             .values()
-            .filter(|c| c.status == Status::Active && !lease_is_live(c, now))
+            .filter(|c| c.status() == Status::Active && !lease_is_live(c, now))
             .filter_map(|c| {
-                let expires = c.grant.as_ref().and_then(|g| g.expires_at);
+                let expires = c.grant().and_then(|g| g.expires_at);
                 c.refresh
                     .due_at
                     .filter(|d| *d <= now)
@@ -51,9 +53,9 @@ impl RefreshLeaseStore for FakeStore {
         let mut lapsed: Vec<_> = t
             .connections
             .values()
-            .filter(|c| c.status == Status::Active)
+            .filter(|c| c.status() == Status::Active)
             .filter_map(|c| {
-                let expires = c.grant.as_ref().and_then(|g| g.expires_at)?;
+                let expires = c.grant().and_then(|g| g.expires_at)?;
                 (expires <= now).then_some((expires, c.id))
             })
             .collect();
@@ -78,7 +80,7 @@ impl RefreshLeaseStore for FakeStore {
         };
         // Free when there is no lease or its deadline is before `now`.
         let free = c.refresh.lease.as_ref().is_none_or(|l| l.until < now);
-        if c.status != Status::Active || !free {
+        if c.status() != Status::Active || !free {
             return Ok(None);
         }
         c.refresh.lease = Some(lease.clone());
@@ -103,7 +105,10 @@ impl RefreshLeaseStore for FakeStore {
         if c.version != expected_version || !ours {
             return Err(StoreError::Conflict);
         }
-        c.grant = Some(grant.clone());
+        *c = Connection::restore(ConnectionParts {
+            grant: Some(grant.clone()),
+            ..c.clone().into_parts()
+        });
         c.refresh = RefreshSchedule {
             lease: None,
             ..schedule.clone()

@@ -211,7 +211,7 @@ impl ConnectionStore for FakeStore {
         Ok(t.connections
             .values()
             .filter(|c| q.project_id.as_ref().is_none_or(|p| *p == c.project_id))
-            .filter(|c| q.status.is_none_or(|s| s == c.status))
+            .filter(|c| q.status.is_none_or(|s| s == c.status()))
             .filter(|c| q.kind.is_none_or(|k| k == c.kind))
             .filter(|c| {
                 q.name_contains.as_deref().is_none_or(|n| {
