@@ -100,24 +100,13 @@ impl Latchkey {
         config.insert("oauth2_config".into(), Value::Object(oc));
         let parsed = parse_config(kind, &Value::Object(config), &self.settings.url_policy)
             .map_err(|e| {
-                let top =
-                    |field: String| field.trim_start_matches("config.oauth2_config.").to_owned();
-                match e {
-                    DomainError::InvalidField { field, reason } => DomainError::InvalidField {
-                        field: top(field),
-                        reason,
-                    },
-                    DomainError::InvalidConfig { field, reason } => DomainError::InvalidConfig {
-                        field: top(field),
-                        reason,
-                    },
-                    DomainError::AddressNotAllowed { field, reason } => {
-                        DomainError::AddressNotAllowed {
-                            field: top(field),
-                            reason,
-                        }
-                    }
-                    other => other,
+                // The client's settings are given at the top level of its request.
+                match e
+                    .field_name()
+                    .map(|f| f.trim_start_matches("config.oauth2_config.").to_owned())
+                {
+                    Some(top) => e.with_field(top),
+                    None => e,
                 }
             })?;
         let mut client = OAuthClient {

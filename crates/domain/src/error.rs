@@ -1,4 +1,5 @@
 use crate::connection::Status;
+use crate::provider::Provider;
 
 /// Why a domain rule refused something. Every variant is the caller's fault (bad input
 /// or an illegal step), so adapters map them to 4xx answers.
@@ -15,9 +16,22 @@ pub enum DomainError {
     /// catalog provider) cannot choose where that registration's secret or codes go.
     #[error("{field}: {reason}")]
     InvalidConfig { field: String, reason: String },
-    /// A URL names an address the outbound policy refuses (loopback, private, ...).
+    /// A URL names an address the outbound policy refuses (loopback, private, ...). The
+    /// deployment may open non-public ranges; the embedding service says how.
     #[error("{field}: {reason}")]
     AddressNotAllowed { field: String, reason: String },
+    /// A URL uses plain http where https is required. The deployment may allow http to
+    /// loopback addresses; the embedding service says how.
+    #[error("{field}: must use https (plain http is allowed only for loopback addresses, when the deployment allows it)")]
+    InsecureUrl { field: String },
+    /// A catalog connection on the deployment's own app for `provider` sets a redirect
+    /// URI: that app's redirect URI is Latchkey's callback.
+    #[error("{field}: without a client_id of its own this connection runs on the deployment's {provider} app, whose redirect URI is Latchkey's callback; give oauth2_config.client_id to use your own app")]
+    RedirectOnDeploymentApp { field: String, provider: Provider },
+    /// An OAuth connection of `provider` has no client: none registered, none inline, and
+    /// the deployment configured no app of its own for the provider.
+    #[error("{field}: no OAuth client configured for this {provider} connection: name one with oauth2_client_id, give oauth2_config.client_id, or configure the deployment's {provider} app")]
+    NoOAuthClient { field: String, provider: Provider },
     #[error("a {kind} connection in status {from} cannot be {}", past_tense(event))]
     IllegalTransition {
         kind: &'static str,
@@ -40,6 +54,45 @@ fn past_tense(event: &str) -> &str {
 }
 
 impl DomainError {
+    /// The request field the error is about, when it is about one.
+    pub fn field_name(&self) -> Option<&str> {
+        match self {
+            DomainError::InvalidField { field, .. }
+            | DomainError::InvalidConfig { field, .. }
+            | DomainError::AddressNotAllowed { field, .. }
+            | DomainError::InsecureUrl { field }
+            | DomainError::RedirectOnDeploymentApp { field, .. }
+            | DomainError::NoOAuthClient { field, .. } => Some(field),
+            DomainError::InvalidId { .. }
+            | DomainError::UnknownType { .. }
+            | DomainError::IllegalTransition { .. }
+            | DomainError::ConfigLocked => None,
+        }
+    }
+
+    /// The same error about `field`, for a caller that took the value from elsewhere in
+    /// its request. Errors about no field are returned as they are.
+    pub fn with_field(self, field: impl Into<String>) -> Self {
+        let field = field.into();
+        match self {
+            DomainError::InvalidField { reason, .. } => DomainError::InvalidField { field, reason },
+            DomainError::InvalidConfig { reason, .. } => {
+                DomainError::InvalidConfig { field, reason }
+            }
+            DomainError::AddressNotAllowed { reason, .. } => {
+                DomainError::AddressNotAllowed { field, reason }
+            }
+            DomainError::InsecureUrl { .. } => DomainError::InsecureUrl { field },
+            DomainError::RedirectOnDeploymentApp { provider, .. } => {
+                DomainError::RedirectOnDeploymentApp { field, provider }
+            }
+            DomainError::NoOAuthClient { provider, .. } => {
+                DomainError::NoOAuthClient { field, provider }
+            }
+            other => other,
+        }
+    }
+
     pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
         DomainError::InvalidConfig {
             field: field.into(),

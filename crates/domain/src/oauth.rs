@@ -165,18 +165,18 @@ pub fn resolve(input: ResolveInput<'_>) -> Result<ResolvedProvider, DomainError>
         (Some(id), _) => (id.clone(), input.inline_secret.clone()),
         (None, Some((reg, secret))) => match &reg.client_id {
             Some(id) => (id.clone(), secret.clone()),
-            None => return Err(DomainError::field("oauth2_client_id", "the registered client has no client_id")),
+            None => {
+                return Err(DomainError::field(
+                    "oauth2_client_id",
+                    "the registered client has no client_id",
+                ))
+            }
         },
         (None, None) => {
-            return Err(DomainError::field(
-                "oauth2_config.client_id",
-                format!(
-                    "no OAuth client configured for this {} connection: name one with oauth2_client_id, give oauth2_config.client_id, or set LATCHKEY_OAUTH_{}_CLIENT_ID and LATCHKEY_OAUTH_{}_CLIENT_SECRET",
-                    input.provider,
-                    input.provider.as_str().to_uppercase(),
-                    input.provider.as_str().to_uppercase()
-                ),
-            ))
+            return Err(DomainError::NoOAuthClient {
+                field: "oauth2_config.client_id".to_owned(),
+                provider: input.provider,
+            })
         }
     };
     let authorization_endpoint = pick(|s| s.authorization_endpoint.clone())
@@ -474,9 +474,21 @@ mod tests {
             discovered: None,
             default_redirect_uri: "https://cb",
         })
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("LATCHKEY_OAUTH_BOX_CLIENT_ID"), "{err}");
+        .unwrap_err();
+        assert_eq!(
+            err,
+            DomainError::NoOAuthClient {
+                field: "oauth2_config.client_id".to_owned(),
+                provider: Provider::Box
+            }
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("oauth2_client_id") && msg.contains("deployment's box app"),
+            "{msg}"
+        );
+        // The deployment's own setting is named by the service that embeds the domain.
+        assert!(!msg.contains("LATCHKEY_"), "{msg}");
     }
 
     #[test]

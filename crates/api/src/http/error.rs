@@ -100,6 +100,28 @@ impl ResponseError for ApiError {
     }
 }
 
+/// The message of a domain refusal, naming the setting of this deployment that would
+/// change it: the domain knows no environment variable, the server does.
+fn with_deployment_advice(d: &DomainError) -> String {
+    match d {
+        DomainError::InsecureUrl { field } => format!(
+            "{field}: must use https (plain http is allowed only for loopback addresses when LATCHKEY_ALLOW_INSECURE_LOOPBACK=true)"
+        ),
+        DomainError::AddressNotAllowed { .. } => format!(
+            "{d} (an operator can open a range with LATCHKEY_ALLOW_PRIVATE_NETWORKS)"
+        ),
+        DomainError::RedirectOnDeploymentApp { field, provider } => {
+            let up = provider.as_str().to_uppercase();
+            format!("{field}: without a client_id of its own this connection runs on the deployment's app (LATCHKEY_OAUTH_{up}_CLIENT_ID), whose redirect URI is Latchkey's callback; give oauth2_config.client_id to use your own app")
+        }
+        DomainError::NoOAuthClient { field, provider } => {
+            let up = provider.as_str().to_uppercase();
+            format!("{field}: no OAuth client configured for this {provider} connection: name one with oauth2_client_id, give oauth2_config.client_id, or set LATCHKEY_OAUTH_{up}_CLIENT_ID and LATCHKEY_OAUTH_{up}_CLIENT_SECRET")
+        }
+        other => other.to_string(),
+    }
+}
+
 impl From<AppError> for ApiError {
     fn from(e: AppError) -> Self {
         use ErrorCode as C;
@@ -111,19 +133,17 @@ impl From<AppError> for ApiError {
                     DomainError::IllegalTransition { .. } => (S::CONFLICT, C::IllegalTransition),
                     DomainError::UnknownType { .. } => (S::BAD_REQUEST, C::UnknownType),
                     DomainError::InvalidId { .. } => (S::BAD_REQUEST, C::InvalidId),
-                    DomainError::InvalidField { .. } => (S::BAD_REQUEST, C::InvalidField),
-                    DomainError::InvalidConfig { .. } => (S::BAD_REQUEST, C::InvalidConfig),
+                    DomainError::InvalidConfig { .. }
+                    | DomainError::RedirectOnDeploymentApp { .. } => {
+                        (S::BAD_REQUEST, C::InvalidConfig)
+                    }
                     DomainError::AddressNotAllowed { .. } => (S::BAD_REQUEST, C::AddressNotAllowed),
-                };
-                let field = match &d {
-                    DomainError::InvalidField { field, .. }
-                    | DomainError::InvalidConfig { field, .. }
-                    | DomainError::AddressNotAllowed { field, .. } => Some(field.clone()),
-                    _ => None,
+                    // InvalidField, InsecureUrl, NoOAuthClient, and any later refusal of input.
+                    _ => (S::BAD_REQUEST, C::InvalidField),
                 };
                 ApiError {
-                    field,
-                    ..ApiError::new(status, code, d.to_string())
+                    field: d.field_name().map(str::to_owned),
+                    ..ApiError::new(status, code, with_deployment_advice(&d))
                 }
             }
             AppError::NotFound(what) => ApiError::not_found(what),
@@ -217,7 +237,7 @@ pub mod extractors {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use latchkey_domain::Status;
+    use latchkey_domain::{Provider, Status};
 
     fn mapped(e: AppError) -> (u16, ErrorCode, Option<String>, String) {
         let a = ApiError::from(e);
@@ -392,5 +412,60 @@ mod tests {
             retry_after_secs: 0,
         });
         assert_eq!(retry.retry_after, Some(1), "Retry-After is at least 1 s");
+    }
+
+    fn advised(d: DomainError) -> ApiError {
+        ApiError::from(AppError::Invalid(d))
+    }
+
+    #[test]
+    fn domain_refusals_get_this_deployments_advice() {
+        let e = advised(DomainError::InsecureUrl {
+            field: "config.oauth2_config.issuer".into(),
+        });
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::InvalidField, Some("config.oauth2_config.issuer"))
+        );
+        assert!(
+            e.message
+                .ends_with("when LATCHKEY_ALLOW_INSECURE_LOOPBACK=true)"),
+            "{}",
+            e.message
+        );
+
+        let e = advised(DomainError::AddressNotAllowed {
+            field: "f".into(),
+            reason: "10.0.0.1 is a private address; Latchkey connects only to public addresses"
+                .into(),
+        });
+        assert_eq!(e.code, ErrorCode::AddressNotAllowed);
+        assert_eq!(e.message, "f: 10.0.0.1 is a private address; Latchkey connects only to public addresses (an operator can open a range with LATCHKEY_ALLOW_PRIVATE_NETWORKS)");
+
+        let e = advised(DomainError::RedirectOnDeploymentApp {
+            field: "config.oauth2_config.redirect_uri".into(),
+            provider: Provider::Google,
+        });
+        assert_eq!(e.code, ErrorCode::InvalidConfig);
+        assert!(
+            e.message.contains("(LATCHKEY_OAUTH_GOOGLE_CLIENT_ID)"),
+            "{}",
+            e.message
+        );
+
+        let e = advised(DomainError::NoOAuthClient {
+            field: "oauth2_config.client_id".into(),
+            provider: Provider::Box,
+        });
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::InvalidField, Some("oauth2_config.client_id"))
+        );
+        assert!(
+            e.message
+                .contains("set LATCHKEY_OAUTH_BOX_CLIENT_ID and LATCHKEY_OAUTH_BOX_CLIENT_SECRET"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -378,11 +378,10 @@ fn refuse_foreign_registration_fields(
             ));
         }
         if !client_ref && !set("client_id") && set("redirect_uri") {
-            let up = provider.as_str().to_uppercase();
-            return Err(DomainError::config(
-                format!("{p}.redirect_uri"),
-                format!("without a client_id of its own this connection runs on the deployment's app (LATCHKEY_OAUTH_{up}_CLIENT_ID), whose redirect URI is Latchkey's callback; give oauth2_config.client_id to use your own app"),
-            ));
+            return Err(DomainError::RedirectOnDeploymentApp {
+                field: format!("{p}.redirect_uri"),
+                provider,
+            });
         }
     }
     Ok(())
@@ -512,7 +511,7 @@ mod tests {
             )
             .unwrap_err();
             assert!(
-                matches!(&err, DomainError::InvalidConfig { field, reason } if field == "config.oauth2_config.redirect_uri" && reason.contains("deployment's app")),
+                matches!(&err, DomainError::RedirectOnDeploymentApp { field, provider } if field == "config.oauth2_config.redirect_uri" && provider.as_str() == kind),
                 "{kind}: {err:?}"
             );
             // With an app of its own, the redirect URI is the connection's business.

@@ -42,10 +42,9 @@ impl UrlPolicy {
             return Ok(u);
         }
         match u.scheme() {
-            "http" => Err(DomainError::field(
-                field,
-                "must use https (plain http is allowed only for loopback addresses when LATCHKEY_ALLOW_INSECURE_LOOPBACK=true)",
-            )),
+            "http" => Err(DomainError::InsecureUrl {
+                field: field.to_owned(),
+            }),
             other => Err(DomainError::field(
                 field,
                 format!("unsupported URL scheme {other:?}"),
@@ -55,14 +54,12 @@ impl UrlPolicy {
 
     fn check_host(&self, field: &str, u: &url::Url) -> Result<(), DomainError> {
         let rules = self.address_rules();
-        let refused = |host: &str, class: AddressClass| {
-            DomainError::AddressNotAllowed {
+        let refused = |host: &str, class: AddressClass| DomainError::AddressNotAllowed {
             field: field.to_owned(),
             reason: format!(
-                "{host} is {}; Latchkey connects only to public addresses (an operator can open a range with LATCHKEY_ALLOW_PRIVATE_NETWORKS)",
+                "{host} is {}; Latchkey connects only to public addresses",
                 class.an_address()
             ),
-        }
         };
         match u.host() {
             Some(url::Host::Ipv4(ip)) => rules
@@ -122,5 +119,25 @@ mod tests {
             .is_err());
         assert!(allow.check("u", "ftp://127.0.0.1/x").is_err());
         assert!(allow.check("u", "not a url").is_err());
+    }
+
+    #[test]
+    fn refusals_name_no_deployment_setting() {
+        let err = UrlPolicy::default()
+            .check("u", "http://idp.example/x")
+            .unwrap_err();
+        assert_eq!(
+            err,
+            DomainError::InsecureUrl {
+                field: "u".to_owned()
+            }
+        );
+        let err2 = UrlPolicy::default()
+            .check("u", "https://10.0.0.1/x")
+            .unwrap_err();
+        assert!(matches!(err2, DomainError::AddressNotAllowed { .. }));
+        for e in [err, err2] {
+            assert!(!e.to_string().contains("LATCHKEY_"), "{e}");
+        }
     }
 }
