@@ -4,6 +4,7 @@ use crate::provider::Provider;
 /// Why a domain rule refused something. Every variant is the caller's fault (bad input
 /// or an illegal step), so adapters map them to 4xx answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DomainError {
     #[error("invalid {what}: {value:?}")]
     InvalidId { what: &'static str, value: String },

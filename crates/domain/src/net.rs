@@ -13,6 +13,7 @@ use std::str::FromStr;
 
 /// What kind of address an IP address is, as far as the outbound policy cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum AddressClass {
     Public,
     /// `0.0.0.0`, `::`: on most systems a connection to it reaches this machine.

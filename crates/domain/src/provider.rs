@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::DomainError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Provider {
     Google,
     Microsoft,
@@ -42,6 +43,19 @@ impl Provider {
         }
     }
 
+    /// The provider's name for people (`GitHub`, `OAuth 2.0 (any provider)`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Provider::Google => "Google",
+            Provider::Microsoft => "Microsoft",
+            Provider::Dropbox => "Dropbox",
+            Provider::Box => "Box",
+            Provider::Notion => "Notion",
+            Provider::GitHub => "GitHub",
+            Provider::Generic => "OAuth 2.0 (any provider)",
+        }
+    }
+
     /// The catalog entry; `None` for the generic provider, whose endpoints come from
     /// the connection's own configuration.
     pub fn spec(&self) -> Option<&'static ProviderSpec> {
@@ -69,6 +83,7 @@ impl FromStr for Provider {
 /// How the client authenticates at the token endpoint (RFC 7591 names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum TokenAuthMethod {
     /// HTTP Basic with the client id and secret.
     ClientSecretBasic,

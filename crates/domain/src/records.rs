@@ -165,6 +165,7 @@ pub struct OAuthClient {
 
 /// What an access key may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Scope {
     ConnectionsRead,
     ConnectionsWrite,

@@ -56,15 +56,9 @@ pub fn connection_type<V>(t: ConnectionType, default_clients: &HashMap<Provider,
         ConnectionType::ApiKey => "API key",
         ConnectionType::Basic => "Basic auth",
         ConnectionType::Custom => "Custom fields",
-        ConnectionType::OAuth(p) => match p {
-            Provider::Google => "Google",
-            Provider::Microsoft => "Microsoft",
-            Provider::Dropbox => "Dropbox",
-            Provider::Box => "Box",
-            Provider::Notion => "Notion",
-            Provider::GitHub => "GitHub",
-            Provider::Generic => "OAuth 2.0 (any provider)",
-        },
+        ConnectionType::OAuth(p) => p.label(),
+        // A type this server does not know how to label yet: its name.
+        _ => t.as_str(),
     };
     let mut v = json!({ "type": t, "label": label, "oauth": t.is_oauth() });
     if let ConnectionType::OAuth(p) = t {
