@@ -66,7 +66,9 @@ fn writer() -> latchkey_app::Principal {
 
 fn invalid_config_field(err: &AppError) -> String {
     match err {
-        AppError::Invalid(DomainError::InvalidConfig { field, .. }) => field.clone(),
+        // Both map to invalid_config (the second is worded by the API with the setting).
+        AppError::Invalid(DomainError::InvalidConfig { field, .. })
+        | AppError::Invalid(DomainError::RedirectOnDeploymentApp { field, .. }) => field.clone(),
         other => panic!("not invalid_config: {other:?}"),
     }
 }
