@@ -25,6 +25,7 @@ pub use lifecycle::{initial_status, transition, ExpiryReason, IssuedTokens, Life
 
 /// What kind of credential a connection holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ConnectionType {
     ApiKey,
     Basic,
@@ -129,6 +130,10 @@ impl<'de> Deserialize<'de> for ConnectionType {
 }
 
 /// Where a connection is in its lifecycle.
+///
+/// Deliberately exhaustive, unlike the crate's other public enums: whoever hands out
+/// credentials must decide for every status, and a wildcard arm would let a new one
+/// through unexamined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {

@@ -18,6 +18,7 @@ const MIN_CALLER_RETRY_AFTER: Duration = Duration::seconds(1);
 /// How a refresh attempt failed, when the grant itself is not lost (an `invalid_grant`
 /// is: see [`crate::ExpiryReason`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RefreshFailure {
     /// The provider or the network failed, or the refresh could not start; worth retrying
     /// soon. `retry_after` is the provider's own `Retry-After`, when it sent one.

@@ -57,6 +57,8 @@ pub fn connection_type<V>(t: ConnectionType, default_clients: &HashMap<Provider,
         ConnectionType::Basic => "Basic auth",
         ConnectionType::Custom => "Custom fields",
         ConnectionType::OAuth(p) => p.label(),
+        // A type this server does not label yet: its name.
+        _ => t.as_str(),
     };
     let mut v = json!({ "type": t, "label": label, "oauth": t.is_oauth() });
     if let ConnectionType::OAuth(p) = t {

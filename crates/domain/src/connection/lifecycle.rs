@@ -13,6 +13,7 @@ use crate::DomainError;
 
 /// Something that happens to a connection and may change its status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LifecycleEvent {
     /// The consent flow completed and a new grant was stored.
     Authorized,
@@ -114,6 +115,7 @@ impl Grant {
 
 /// Why a grant is lost and its connection expires.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ExpiryReason {
     /// The provider answered the refresh with `invalid_grant`, with its description.
     RefreshRejected { description: Option<String> },
