@@ -99,3 +99,49 @@ fn the_document_covers_the_contract() {
         }
     }
 }
+
+/// Every code a response's description lists ("... Codes: a, b (why), c.") is one the API
+/// has: the `ErrorCode` enum of the document, which is the code's own list.
+#[test]
+fn the_codes_each_response_lists_exist() {
+    let doc: serde_json::Value = serde_json::from_str(&latchkey_api::openapi::json()).unwrap();
+    let known: Vec<&str> = doc["components"]["schemas"]["ErrorCode"]["enum"]
+        .as_array()
+        .expect("ErrorCode is an enum")
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let mut listed = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for (status, response) in op["responses"].as_object().unwrap() {
+                let description = response["description"].as_str().unwrap_or_default();
+                let Some((_, codes)) = description.split_once("Codes: ") else {
+                    continue;
+                };
+                // Drop the parenthesised explanations, which hold commas of their own.
+                let mut depth = 0;
+                let bare: String = codes
+                    .chars()
+                    .filter(|c| {
+                        match c {
+                            '(' => depth += 1,
+                            ')' => depth -= 1,
+                            _ => return depth == 0,
+                        }
+                        false
+                    })
+                    .collect();
+                for code in bare.trim().trim_end_matches('.').split(',') {
+                    let code = code.trim();
+                    assert!(
+                        known.contains(&code),
+                        "{method} {path} {status} lists {code:?}, which is not an ErrorCode"
+                    );
+                    listed += 1;
+                }
+            }
+        }
+    }
+    assert!(listed > 50, "only {listed} codes found: the parsing is off");
+}
