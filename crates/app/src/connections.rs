@@ -113,7 +113,7 @@ pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32, AppError> {
     if limit == 0 || limit > MAX_PAGE {
         return Err(DomainError::InvalidField {
             field: "limit".into(),
-            reason: "must be 1 to 200".into(),
+            reason: format!("must be 1 to {MAX_PAGE}"),
         }
         .into());
     }

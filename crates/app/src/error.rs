@@ -1,3 +1,7 @@
+//! `AppError`, the one error type of the use cases: a domain refusal, a missing or
+//! forbidden record, a lost race, or a failure of a port, each kept apart so that the API
+//! can map it to its own status and code.
+
 use latchkey_domain::DomainError;
 use latchkey_ports::{CipherError, OAuthError, StoreError};
 

@@ -72,7 +72,11 @@ impl Latchkey {
 
     /// A lease owner name unique to one attempt.
     pub(crate) fn new_lease_owner(&self) -> String {
-        format!("{}:{}", self.settings.worker_id, hex(&self.random::<8>()))
+        format!(
+            "{}:{}",
+            self.settings.worker_id,
+            latchkey_domain::hex::lower(&self.random::<8>())
+        )
     }
 
     /// Refreshes one connection if it is due (or `force`), holding the lease while the
@@ -364,8 +368,4 @@ impl Latchkey {
             Some(reason.message()),
         )
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

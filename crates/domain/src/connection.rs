@@ -106,7 +106,7 @@ impl FromStr for ConnectionType {
                 Ok(p) => ConnectionType::OAuth(p),
                 Err(_) => {
                     return Err(DomainError::UnknownType {
-                        given: other.chars().take(64).collect(),
+                        given: crate::error::echoed(other),
                         accepted: Self::accepted_names(),
                     })
                 }

@@ -1,3 +1,6 @@
+//! `DomainError`, the one error type of the domain: every variant is a refusal of the
+//! caller's input or step, worded without any deployment setting.
+
 use crate::connection::Status;
 use crate::provider::Provider;
 
@@ -107,4 +110,12 @@ impl DomainError {
             reason: reason.into(),
         }
     }
+}
+
+/// How much of a refused input an error message echoes, in characters.
+pub(crate) const MAX_ECHOED_CHARS: usize = 64;
+
+/// Keeps echoed bad input short in error messages.
+pub(crate) fn echoed(s: &str) -> String {
+    s.chars().take(MAX_ECHOED_CHARS).collect()
 }

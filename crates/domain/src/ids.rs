@@ -40,7 +40,7 @@ macro_rules! uuid_id {
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 Uuid::parse_str(s)
                     .map(Self)
-                    .map_err(|_| DomainError::InvalidId { what: $label, value: truncate(s) })
+                    .map_err(|_| DomainError::InvalidId { what: $label, value: crate::error::echoed(s) })
             }
         }
     };
@@ -82,7 +82,7 @@ macro_rules! slug_id {
                 if ok {
                     Ok(Self(s.to_owned()))
                 } else {
-                    Err(DomainError::InvalidId { what: $label, value: truncate(s) })
+                    Err(DomainError::InvalidId { what: $label, value: crate::error::echoed(s) })
                 }
             }
             pub fn as_str(&self) -> &str {
@@ -135,18 +135,13 @@ pub fn parse_simple_uuid(s: &str) -> Result<Uuid, DomainError> {
     if s.len() != 32 {
         return Err(DomainError::InvalidId {
             what: "key id",
-            value: truncate(s),
+            value: crate::error::echoed(s),
         });
     }
     Uuid::try_parse(s).map_err(|_| DomainError::InvalidId {
         what: "key id",
-        value: truncate(s),
+        value: crate::error::echoed(s),
     })
-}
-
-/// Keeps echoed bad input short in error messages.
-fn truncate(s: &str) -> String {
-    s.chars().take(64).collect()
 }
 
 #[cfg(test)]

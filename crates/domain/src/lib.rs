@@ -32,6 +32,7 @@
 pub mod config;
 pub mod connection;
 mod error;
+pub mod hex;
 pub mod ids;
 pub mod net;
 pub mod oauth;

@@ -35,7 +35,7 @@ impl State {
 
     /// The lookup key of a state: hex SHA-256, so the database never holds a usable state.
     pub fn hash(value: &str) -> String {
-        hex_lower(&Sha256::digest(value.as_bytes()))
+        crate::hex::lower(&Sha256::digest(value.as_bytes()))
     }
 }
 
@@ -59,10 +59,6 @@ impl Pkce {
     pub fn challenge_of(verifier: &str) -> String {
         URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
     }
-}
-
-pub(crate) fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A client registration: who we are at the provider.

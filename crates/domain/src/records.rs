@@ -205,7 +205,7 @@ impl FromStr for Scope {
             field: "scopes".into(),
             reason: format!(
                 "unknown scope {:?}; accepted: connections:read, connections:write, credentials:read, metrics:read",
-                s.chars().take(64).collect::<String>()
+                crate::error::echoed(s)
             ),
         })
     }

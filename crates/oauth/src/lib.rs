@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use latchkey_domain::config::is_loopback;
+use latchkey_domain::config::scheme_allowed;
 use latchkey_domain::net::{AddressRules, IpNet};
 use latchkey_domain::oauth::{ClientCredentials, DiscoveredMetadata, TokenResponse};
 use latchkey_domain::provider::TokenAuthMethod;
@@ -146,10 +146,8 @@ impl HttpProviderClient {
     fn check_url(&self, raw: &str) -> Result<Url, OAuthError> {
         let u = Url::parse(raw)
             .map_err(|e| OAuthError::InsecureUrl(format!("an invalid URL ({e})")))?;
-        match u.scheme() {
-            "https" => {}
-            "http" if self.allow_insecure_loopback && is_loopback(&u) => {}
-            _ => return Err(OAuthError::InsecureUrl(display_url(&u))),
+        if !scheme_allowed(&u, self.allow_insecure_loopback) {
+            return Err(OAuthError::InsecureUrl(display_url(&u)));
         }
         check_literal(&self.rules, &u)?;
         Ok(u)

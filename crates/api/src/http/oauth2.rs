@@ -104,7 +104,7 @@ pub(super) async fn callback(state: web::Data<AppState>, req: HttpRequest) -> Ht
     let nonce = {
         let mut b = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        latchkey_domain::hex::lower(&b)
     };
     let origin = state.ui_origin.as_str();
     match state.app.complete_authorization(params).await {

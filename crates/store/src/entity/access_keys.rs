@@ -1,3 +1,5 @@
+//! The `access_keys` table: access keys, stored as hashes.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]

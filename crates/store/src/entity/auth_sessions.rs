@@ -1,3 +1,5 @@
+//! The `auth_sessions` table: pending consent flows, by state hash, taken once.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]

@@ -1,3 +1,5 @@
+//! The `connection_events` table: a connection's history.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]

@@ -1,3 +1,5 @@
+//! The `connection_usages` table: which flows used a connection, when and how often.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]

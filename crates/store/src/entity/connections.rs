@@ -1,3 +1,5 @@
+//! The `connections` table: one row per connection, its config, sealed secrets and grant.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]

@@ -1,3 +1,5 @@
+//! The `meta` table: key-value facts about the database itself.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]

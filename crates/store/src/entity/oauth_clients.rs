@@ -1,3 +1,5 @@
+//! The `oauth_clients` table: reusable OAuth client registrations.
+
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
