@@ -180,6 +180,137 @@ fn no_ignored_tests() {
     );
 }
 
+/// Past this a file wants splitting by concern (issue 11); unit tests don't count.
+const MAX_SOURCE_LINES: usize = 500;
+/// A port with more methods than this mixes concerns: split it (issue 11).
+const MAX_PORT_METHODS: usize = 8;
+
+#[test]
+fn no_source_file_is_over_500_lines() {
+    let mut offenders = Vec::new();
+    for file in rust_files(&root().join("crates")) {
+        if !relative(&file).contains("/src/") {
+            continue;
+        }
+        let text = fs::read_to_string(&file).expect("reading a source file");
+        let lines = lines_before_unit_tests(&text);
+        if lines > MAX_SOURCE_LINES {
+            offenders.push(format!("{} ({lines} lines)", relative(&file)));
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "split these by concern (the count stops at the first `#[cfg(test)]`):\n  {}",
+        offenders.join("\n  ")
+    );
+}
+
+/// Lines up to the first top-level `#[cfg(test)]`, where the unit tests begin.
+fn lines_before_unit_tests(text: &str) -> usize {
+    text.lines()
+        .take_while(|line| !line.starts_with("#[cfg(test)]"))
+        .count()
+}
+
+#[test]
+fn lines_before_unit_tests_stops_at_the_test_module() {
+    assert_eq!(
+        lines_before_unit_tests("a\nb\n#[cfg(test)]\nmod tests {}\n"),
+        2
+    );
+    assert_eq!(lines_before_unit_tests("a\n    #[cfg(test)]\nb\n"), 3);
+    assert_eq!(lines_before_unit_tests(""), 0);
+}
+
+#[test]
+fn no_port_trait_has_more_than_8_methods() {
+    let mut offenders = Vec::new();
+    let mut traits = 0;
+    for file in rust_files(&root().join("crates/ports/src")) {
+        let text = fs::read_to_string(&file).expect("reading a port file");
+        for (name, methods) in trait_method_counts(&text) {
+            traits += 1;
+            if methods > MAX_PORT_METHODS {
+                offenders.push(format!("{}: {name} has {methods}", relative(&file)));
+            }
+        }
+    }
+    // The check must see the ports it guards.
+    assert!(
+        traits >= 5,
+        "found only {traits} traits under crates/ports/src"
+    );
+    assert!(
+        offenders.is_empty(),
+        "split these ports into cohesive traits:\n  {}",
+        offenders.join("\n  ")
+    );
+}
+
+/// Each `trait` declared in `text` with the number of `fn`s in its body.
+fn trait_method_counts(text: &str) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = find_trait_keyword(rest) {
+        let after = &rest[at + "trait ".len()..];
+        let name: String = after
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let Some(open) = after.find('{') else { break };
+        let mut depth = 0usize;
+        let mut end = after.len();
+        for (i, c) in after[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = open + i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let body = &after[open..end];
+        let methods = body
+            .lines()
+            .map(str::trim_start)
+            .filter(|l| !l.starts_with("//"))
+            .filter(|l| l.starts_with("fn ") || l.starts_with("async fn "))
+            .count();
+        out.push((name, methods));
+        rest = &after[end..];
+    }
+    out
+}
+
+/// Where the next `trait` item starts (at a line start, after `pub` or `pub(crate)`).
+fn find_trait_keyword(text: &str) -> Option<usize> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        for prefix in ["pub trait ", "pub(crate) trait ", "trait "] {
+            if trimmed.starts_with(prefix) {
+                return Some(offset + indent + prefix.len() - "trait ".len());
+            }
+        }
+        offset += line.len();
+    }
+    None
+}
+
+#[test]
+fn trait_method_counts_reads_bodies() {
+    let text = "pub trait A: Send {\n    fn a(&self);\n    // fn not_me();\n    async fn b(&self) -> Result<(), E>;\n}\nimpl X { fn c() {} }\ntrait B {\n    fn d(&self) {\n        let f = || {};\n    }\n}\n";
+    assert_eq!(
+        trait_method_counts(text),
+        vec![("A".to_string(), 2), ("B".to_string(), 1)]
+    );
+}
+
 #[test]
 fn every_member_inherits_workspace_lints() {
     let m = metadata();
