@@ -30,10 +30,12 @@ pub use url_policy::{is_loopback, scheme_allowed, UrlPolicy};
 pub struct SecretFields(pub BTreeMap<String, SecretString>);
 
 impl SecretFields {
+    /// The secret value of field `name`.
     pub fn get(&self, name: &str) -> Option<&SecretString> {
         self.0.get(name)
     }
 
+    /// Whether there is no secret at all.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -49,6 +51,7 @@ impl SecretFields {
         serde_json::to_vec(&Value::Object(map)).unwrap_or_default()
     }
 
+    /// Reads back what [`SecretFields::to_plaintext_json`] wrote, once opened.
     pub fn from_plaintext_json(bytes: &[u8]) -> Result<Self, DomainError> {
         let map: BTreeMap<String, String> = serde_json::from_slice(bytes).map_err(|_| {
             DomainError::field("secrets", "sealed secrets are not a JSON object of strings")

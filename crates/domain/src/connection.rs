@@ -27,8 +27,11 @@ pub use lifecycle::{initial_status, transition, ExpiryReason, IssuedTokens, Life
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ConnectionType {
+    /// A static API key, handed out as it is.
     ApiKey,
+    /// A username and password (HTTP basic authentication).
     Basic,
+    /// Named fields of the user's choosing, each secret unless marked otherwise.
     Custom,
     /// An OAuth 2.0 grant from a catalog provider or a generic (`oauth2`) one.
     OAuth(Provider),
@@ -49,6 +52,7 @@ impl ConnectionType {
         ConnectionType::OAuth(Provider::Generic),
     ];
 
+    /// The type's name in the API (`api_key`, `google`, `oauth2`, ...).
     pub fn as_str(&self) -> &'static str {
         match self {
             ConnectionType::ApiKey => "api_key",
@@ -58,10 +62,12 @@ impl ConnectionType {
         }
     }
 
+    /// Whether connections of this type hold an OAuth grant.
     pub fn is_oauth(&self) -> bool {
         matches!(self, ConnectionType::OAuth(_))
     }
 
+    /// The OAuth provider, for an OAuth type.
     pub fn provider(&self) -> Option<Provider> {
         match self {
             ConnectionType::OAuth(p) => Some(*p),
@@ -146,6 +152,7 @@ pub enum Status {
 }
 
 impl Status {
+    /// The status's name in the API.
     pub fn as_str(&self) -> &'static str {
         match self {
             Status::Incomplete => "incomplete",
@@ -186,8 +193,10 @@ impl FromStr for Status {
 pub struct ConnectionName(String);
 
 impl ConnectionName {
+    /// The longest name, in characters.
     pub const MAX_CHARS: usize = 200;
 
+    /// Trims `s` and checks it is a valid name.
     pub fn parse(s: &str) -> Result<Self, DomainError> {
         let t = s.trim();
         let bad = |reason: &str| DomainError::InvalidField {
@@ -206,6 +215,7 @@ impl ConnectionName {
         Ok(Self(t.to_owned()))
     }
 
+    /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -234,10 +244,13 @@ impl fmt::Display for ConnectionName {
 /// metadata the management API may show.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Grant {
+    /// The sealed access token.
     pub access_token: Sealed,
     /// Absent when the provider issued none; then the grant dies with its access token.
     pub refresh_token: Option<Sealed>,
+    /// The token type the provider gave (`Bearer`).
     pub token_type: String,
+    /// The scopes the provider granted.
     pub scopes: Vec<String>,
     /// When the token request that produced the current access token was sent.
     pub obtained_at: DateTime<Utc>,
@@ -249,7 +262,9 @@ pub struct Grant {
 /// `until`, so a crashed worker never blocks a grant for long.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
+    /// Who holds the lease (a worker id plus a random part).
     pub owner: String,
+    /// When the lease lapses.
     pub until: DateTime<Utc>,
 }
 
@@ -260,6 +275,7 @@ pub struct RefreshSchedule {
     pub due_at: Option<DateTime<Utc>>,
     /// Consecutive transient failures, for back-off.
     pub failures: u32,
+    /// The refresh lease, while a worker holds it.
     pub lease: Option<Lease>,
 }
 
@@ -268,9 +284,13 @@ pub struct RefreshSchedule {
 /// rules; a store rebuilds a stored connection with [`Connection::restore`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Connection {
+    /// The connection's id.
     pub id: ConnectionId,
+    /// The project the connection belongs to.
     pub project_id: ProjectId,
+    /// Its display name, unique in the project.
     pub name: ConnectionName,
+    /// What kind of credential it holds.
     pub kind: ConnectionType,
     status: Status,
     /// The non-secret part of the configuration; shown back by the management API.
@@ -278,15 +298,20 @@ pub struct Connection {
     /// The secret part (api key, password, secret custom fields, an inline OAuth client
     /// secret), sealed as one JSON object.
     pub secrets: Option<Sealed>,
+    /// The registered OAuth client it runs on, if any.
     pub oauth2_client_id: Option<OAuthClientId>,
     grant: Option<Grant>,
     /// The user who authorized the grant, as the provider's userinfo endpoint told it.
     pub authorized_user: Option<serde_json::Value>,
+    /// When the next refresh is due, failures so far, and the lease.
     pub refresh: RefreshSchedule,
     /// The last problem seen (a provider error on callback, a refresh failure).
     pub last_error: Option<String>,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When it last changed.
     pub updated_at: DateTime<Utc>,
+    /// When its credentials were last handed out.
     pub last_used_at: Option<DateTime<Utc>>,
     /// Bumped on every write; writes compare-and-set on it.
     pub version: i64,
@@ -296,33 +321,56 @@ pub struct Connection {
 /// [`Connection::restore`] and the output of [`Connection::into_parts`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConnectionParts {
+    /// See [`Connection`].
     pub id: ConnectionId,
+    /// See [`Connection`].
     pub project_id: ProjectId,
+    /// See [`Connection`].
     pub name: ConnectionName,
+    /// See [`Connection`].
     pub kind: ConnectionType,
+    /// Where the connection is in its lifecycle.
     pub status: Status,
+    /// See [`Connection`].
     pub config: ConnectionConfig,
+    /// See [`Connection`].
     pub secrets: Option<Sealed>,
+    /// See [`Connection`].
     pub oauth2_client_id: Option<OAuthClientId>,
+    /// The OAuth grant held, if any.
     pub grant: Option<Grant>,
+    /// See [`Connection`].
     pub authorized_user: Option<serde_json::Value>,
+    /// See [`Connection`].
     pub refresh: RefreshSchedule,
+    /// See [`Connection`].
     pub last_error: Option<String>,
+    /// See [`Connection`].
     pub created_at: DateTime<Utc>,
+    /// See [`Connection`].
     pub updated_at: DateTime<Utc>,
+    /// See [`Connection`].
     pub last_used_at: Option<DateTime<Utc>>,
+    /// See [`Connection`].
     pub version: i64,
 }
 
 /// What a new connection is made of; the rest follows from the rules.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewConnection {
+    /// The new connection's id.
     pub id: ConnectionId,
+    /// The project it belongs to.
     pub project_id: ProjectId,
+    /// Its display name.
     pub name: ConnectionName,
+    /// What kind of credential it holds.
     pub kind: ConnectionType,
+    /// Its validated, non-secret configuration.
     pub config: ConnectionConfig,
+    /// Its secrets, already sealed.
     pub secrets: Option<Sealed>,
+    /// The registered OAuth client it runs on, if any.
     pub oauth2_client_id: Option<OAuthClientId>,
 }
 

@@ -21,9 +21,11 @@ macro_rules! uuid_id {
             pub fn from_random_bytes(bytes: [u8; 16]) -> Self {
                 Self(uuid::Builder::from_random_bytes(bytes).into_uuid())
             }
+            /// The id holding `uuid`.
             pub fn from_uuid(uuid: Uuid) -> Self {
                 Self(uuid)
             }
+            /// The UUID inside.
             pub fn as_uuid(&self) -> Uuid {
                 self.0
             }
@@ -75,6 +77,7 @@ macro_rules! slug_id {
         pub struct $name(String);
 
         impl $name {
+            /// Checks that `s` is a valid id of this kind.
             pub fn parse(s: &str) -> Result<Self, DomainError> {
                 let ok = !s.is_empty()
                     && s.len() <= 128
@@ -85,6 +88,7 @@ macro_rules! slug_id {
                     Err(DomainError::InvalidId { what: $label, value: crate::error::echoed(s) })
                 }
             }
+            /// The id as text.
             pub fn as_str(&self) -> &str {
                 &self.0
             }

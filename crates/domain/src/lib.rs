@@ -29,6 +29,8 @@
 //! assert_eq!(initial_status("api_key".parse().unwrap()), Status::Active);
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod connection;
 mod error;

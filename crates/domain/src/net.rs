@@ -15,27 +15,34 @@ use std::str::FromStr;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum AddressClass {
+    /// A globally routable address: the only class allowed by default.
     Public,
     /// `0.0.0.0`, `::`: on most systems a connection to it reaches this machine.
     Unspecified,
     /// `0.0.0.0/8`.
     ThisNetwork,
+    /// This machine (127.0.0.0/8, ::1).
     Loopback,
     /// RFC 1918, and the deprecated IPv6 site-local `fec0::/10`.
     Private,
     /// `100.64.0.0/10` (RFC 6598, carrier-grade NAT).
     SharedAddressSpace,
+    /// Link-local (169.254.0.0/16, fe80::/10), where cloud metadata services live.
     LinkLocal,
     /// `fc00::/7`.
     UniqueLocal,
+    /// Multicast.
     Multicast,
+    /// The limited broadcast address.
     Broadcast,
+    /// Ranges reserved for documentation.
     Documentation,
     /// Benchmarking, protocol assignments, future use, unallocated IPv6 outside `2000::/3`.
     Reserved,
 }
 
 impl AddressClass {
+    /// The class's name, for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             AddressClass::Public => "public",
@@ -180,6 +187,7 @@ pub struct IpNet {
 }
 
 impl IpNet {
+    /// Whether `ip` lies in the range.
     pub fn contains(&self, ip: IpAddr) -> bool {
         // An IPv4 range also covers the IPv6 forms that carry its addresses.
         let ip = match ip {

@@ -19,11 +19,14 @@ pub const STATE_TTL: Duration = Duration::minutes(10);
 /// A fresh `state` value (256 random bits) and the hash under which it is stored.
 #[derive(Debug)]
 pub struct State {
+    /// The value sent in the consent URL.
     pub value: SecretString,
+    /// Its hex SHA-256, the only form stored.
     pub hash: String,
 }
 
 impl State {
+    /// A state from 32 random bytes.
     pub fn from_random(bytes: [u8; 32]) -> Self {
         let value = URL_SAFE_NO_PAD.encode(bytes);
         let hash = Self::hash(&value);
@@ -42,11 +45,14 @@ impl State {
 /// A PKCE (RFC 7636) verifier and its S256 challenge.
 #[derive(Debug)]
 pub struct Pkce {
+    /// The verifier, kept sealed until the code is exchanged.
     pub verifier: SecretString,
+    /// The S256 challenge sent in the consent URL.
     pub challenge: String,
 }
 
 impl Pkce {
+    /// A verifier from 32 random bytes.
     pub fn from_random(bytes: [u8; 32]) -> Self {
         let verifier = URL_SAFE_NO_PAD.encode(bytes);
         let challenge = Self::challenge_of(&verifier);
@@ -56,6 +62,7 @@ impl Pkce {
         }
     }
 
+    /// The S256 challenge of `verifier` (RFC 7636 §4.2).
     pub fn challenge_of(verifier: &str) -> String {
         URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
     }
@@ -64,51 +71,73 @@ impl Pkce {
 /// A client registration: who we are at the provider.
 #[derive(Debug, Clone)]
 pub struct ClientCredentials {
+    /// The client id at the provider.
     pub client_id: String,
+    /// The client secret; `None` for a public client.
     pub client_secret: Option<SecretString>,
+    /// How the client authenticates at the token endpoint.
     pub auth_method: TokenAuthMethod,
 }
 
 /// Endpoints and behaviour learnt from an issuer's discovery document (RFC 8414).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DiscoveredMetadata {
+    /// The issuer the document names.
     pub issuer: String,
+    /// Where the user consents.
     pub authorization_endpoint: String,
+    /// Where codes and refresh tokens are exchanged.
     pub token_endpoint: String,
+    /// Where the user's profile is read.
     pub userinfo_endpoint: Option<String>,
+    /// Where grants are revoked.
     pub revocation_endpoint: Option<String>,
     /// RFC 9207: the provider promises an `iss` parameter on every authorization response.
     pub authorization_response_iss_parameter_supported: bool,
+    /// The client authentication methods the server accepts.
     pub token_endpoint_auth_methods_supported: Vec<String>,
 }
 
 /// Everything needed to talk to the provider for one connection.
 #[derive(Debug, Clone)]
 pub struct ResolvedProvider {
+    /// Where the user consents.
     pub authorization_endpoint: String,
+    /// Where codes and refresh tokens are exchanged.
     pub token_endpoint: String,
+    /// Where grants are revoked, if the provider has such an endpoint.
     pub revocation_endpoint: Option<String>,
+    /// Where the user's profile is read, if anywhere.
     pub userinfo_endpoint: Option<String>,
+    /// The issuer, for the `iss` check (RFC 9207).
     pub issuer: Option<String>,
     /// The callback must carry `iss` (RFC 9207) rather than merely match it when present.
     pub require_iss: bool,
+    /// The scopes asked for.
     pub scopes: Vec<String>,
+    /// Extra parameters of the consent URL.
     pub extra_authorization_params: BTreeMap<String, String>,
+    /// Whether PKCE is used.
     pub pkce: bool,
+    /// Where the provider sends the user back.
     pub redirect_uri: String,
+    /// Who Latchkey is at the provider.
     pub client: ClientCredentials,
 }
 
 /// Inputs to [`resolve`]: the connection's settings and where its client comes from.
 #[derive(Debug)]
 pub struct ResolveInput<'a> {
+    /// The connection's provider.
     pub provider: Provider,
+    /// The connection's own OAuth settings.
     pub settings: &'a OAuthSettings,
     /// A reusable client registration named by the connection, or the deployment default:
     /// its settings (endpoints for generic clients) and secret.
     pub registered_client: Option<(&'a OAuthSettings, Option<SecretString>)>,
     /// The connection's own inline client secret.
     pub inline_secret: Option<SecretString>,
+    /// The issuer's discovery document, when one was fetched.
     pub discovered: Option<&'a DiscoveredMetadata>,
     /// Our callback URL, used when the connection names no redirect_uri.
     pub default_redirect_uri: &'a str,
@@ -342,9 +371,13 @@ pub fn token_lifetime(expires_in_seconds: f64) -> Option<Duration> {
 /// What a token endpoint answered, already parsed.
 #[derive(Debug, Clone)]
 pub struct TokenResponse {
+    /// The new access token.
     pub access_token: SecretString,
+    /// A new refresh token, when the provider sent one.
     pub refresh_token: Option<SecretString>,
+    /// The token type (`Bearer`).
     pub token_type: String,
+    /// The access token's lifetime as the provider said it.
     pub expires_in: Option<Duration>,
     /// Granted scopes, when the provider says (else the requested ones stand).
     pub scopes: Option<Vec<String>>,

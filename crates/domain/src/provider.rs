@@ -8,20 +8,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::DomainError;
 
+/// An OAuth provider: one of the catalog, or any other (`Generic`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Provider {
+    /// Google.
     Google,
+    /// Microsoft (Entra ID), per tenant.
     Microsoft,
+    /// Dropbox.
     Dropbox,
+    /// Box.
     Box,
+    /// Notion.
     Notion,
+    /// GitHub.
     GitHub,
     /// Any OAuth 2.0 provider, configured by `config.oauth2_config`.
     Generic,
 }
 
 impl Provider {
+    /// The providers of the catalog, in the order they are listed.
     pub const CATALOG: [Provider; 6] = [
         Provider::Google,
         Provider::Microsoft,
@@ -31,6 +39,7 @@ impl Provider {
         Provider::GitHub,
     ];
 
+    /// The provider's type name in the API (`google`, `oauth2`, ...).
     pub fn as_str(&self) -> &'static str {
         match self {
             Provider::Google => "google",
@@ -94,6 +103,7 @@ pub enum TokenAuthMethod {
 }
 
 impl TokenAuthMethod {
+    /// The method's name (RFC 7591 §2).
     pub fn as_str(&self) -> &'static str {
         match self {
             TokenAuthMethod::ClientSecretBasic => "client_secret_basic",
@@ -122,14 +132,19 @@ impl FromStr for TokenAuthMethod {
 /// `oauth2_config.tenant` (or [`ProviderSpec::default_tenant`]).
 #[derive(Debug, PartialEq, Eq)]
 pub struct ProviderSpec {
+    /// The provider this entry describes.
     pub provider: Provider,
+    /// Where the user consents (may hold a `{tenant}` placeholder).
     pub authorization_endpoint: &'static str,
+    /// Where codes and refresh tokens are exchanged.
     pub token_endpoint: &'static str,
     /// An RFC 7009 revocation endpoint, if the provider has one.
     pub revocation_endpoint: Option<&'static str>,
+    /// Where the user's profile is read.
     pub userinfo_endpoint: Option<&'static str>,
     /// The issuer identifier, checked against an `iss` callback parameter when present.
     pub issuer: Option<&'static str>,
+    /// The tenant used when a connection names none.
     pub default_tenant: Option<&'static str>,
     /// Requested when the connection names no scopes of its own.
     pub default_scopes: &'static [&'static str],
@@ -137,7 +152,9 @@ pub struct ProviderSpec {
     pub required_scopes: &'static [&'static str],
     /// Added to the consent URL.
     pub extra_authorization_params: &'static [(&'static str, &'static str)],
+    /// How a client authenticates at the token endpoint.
     pub token_auth: TokenAuthMethod,
+    /// Whether PKCE is used.
     pub pkce: bool,
     /// Every refresh returns a new refresh token and invalidates the old one.
     pub rotates_refresh_token: bool,
@@ -145,6 +162,7 @@ pub struct ProviderSpec {
     pub tokens_expire: bool,
 }
 
+/// The catalog: every provider but the generic one.
 pub static CATALOG: [ProviderSpec; 6] = [
     ProviderSpec {
         provider: Provider::Google,

@@ -16,11 +16,15 @@ use crate::DomainError;
 /// A status change, kept so a user can see why a connection expired.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionEvent {
+    /// The event's id.
     pub id: EventId,
+    /// The connection it happened to.
     pub connection_id: ConnectionId,
+    /// When it happened.
     pub at: DateTime<Utc>,
     /// `None` for creation.
     pub from: Option<Status>,
+    /// The status after it.
     pub to: Status,
     /// What happened: `created`, `authorized`, `refresh_rejected`, `lapsed`, ...
     pub kind: String,
@@ -122,36 +126,49 @@ pub fn sanitize_authorized_user(userinfo: &serde_json::Value) -> Option<serde_js
 /// One flow's use of a connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Usage {
+    /// The connection used.
     pub connection_id: ConnectionId,
+    /// The flow that used it.
     pub flow_id: FlowId,
+    /// When the flow first used it.
     pub first_used_at: DateTime<Utc>,
+    /// When the flow last used it.
     pub last_used_at: DateTime<Utc>,
+    /// How many times the flow used it.
     pub count: i64,
 }
 
 /// A consent flow in progress, looked up by the hash of its `state`. Single use.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AuthSession {
+    /// The hex SHA-256 of the state: what the callback looks the session up by.
     pub state_hash: String,
+    /// The connection being authorized.
     pub connection_id: ConnectionId,
+    /// Its project.
     pub project_id: ProjectId,
     /// The PKCE verifier, sealed; `None` when PKCE is off.
     pub pkce_verifier: Option<Sealed>,
     /// The code is exchanged only here: the endpoint chosen when the URL was made.
     pub token_endpoint: String,
+    /// Where the provider sends the user back.
     pub redirect_uri: String,
     /// The issuer to check an `iss` parameter against (RFC 9207).
     pub issuer: Option<String>,
+    /// Whether the callback must carry an `iss` (RFC 9207).
     pub require_iss: bool,
     /// The connection version when the URL was made, for diagnostics.
     pub created_at: DateTime<Utc>,
+    /// When the session lapses unused.
     pub expires_at: DateTime<Utc>,
 }
 
 /// A reusable OAuth client registration (an "app" at a provider).
 #[derive(Clone, Debug, PartialEq)]
 pub struct OAuthClient {
+    /// The client's id.
     pub id: OAuthClientId,
+    /// Its display name.
     pub name: ConnectionName,
     /// `None`: usable by every project (admin only).
     pub project_id: Option<ProjectId>,
@@ -159,7 +176,9 @@ pub struct OAuthClient {
     pub kind: ConnectionType,
     /// Non-secret settings (`client_id`, endpoints).
     pub config: OAuthSettings,
+    /// The client secret, sealed.
     pub client_secret: Option<Sealed>,
+    /// When it was registered.
     pub created_at: DateTime<Utc>,
 }
 
@@ -167,14 +186,18 @@ pub struct OAuthClient {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Scope {
+    /// Read connections and their history.
     ConnectionsRead,
+    /// Create, change and delete connections.
     ConnectionsWrite,
+    /// Fetch the usable credentials of connections.
     CredentialsRead,
     /// Read `GET /metrics` (and nothing else): for a Prometheus scraper.
     MetricsRead,
 }
 
 impl Scope {
+    /// Every scope.
     pub const ALL: [Scope; 4] = [
         Scope::ConnectionsRead,
         Scope::ConnectionsWrite,
@@ -182,6 +205,7 @@ impl Scope {
         Scope::MetricsRead,
     ];
 
+    /// The scope's name (`connections:read`, ...).
     pub fn as_str(&self) -> &'static str {
         match self {
             Scope::ConnectionsRead => "connections:read",
@@ -228,12 +252,17 @@ impl<'de> Deserialize<'de> for Scope {
 /// A project-scoped API key. Only the SHA-256 of its secret half is kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccessKey {
+    /// The key's id (the public half of the key).
     pub id: AccessKeyId,
+    /// The project it is limited to; `None` for an admin key.
     pub project_id: ProjectId,
+    /// Its display name.
     pub name: ConnectionName,
+    /// What it may do.
     pub scopes: Vec<Scope>,
     /// Hex SHA-256 of the secret half.
     pub secret_hash: String,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
 }
 

@@ -22,7 +22,10 @@ const MIN_CALLER_RETRY_AFTER: Duration = Duration::seconds(1);
 pub enum RefreshFailure {
     /// The provider or the network failed, or the refresh could not start; worth retrying
     /// soon. `retry_after` is the provider's own `Retry-After`, when it sent one.
-    Transient { retry_after: Option<Duration> },
+    Transient {
+        /// The provider's `Retry-After`, when it sent one.
+        retry_after: Option<Duration>,
+    },
     /// The provider refused our client (`invalid_client`): nothing changes until someone
     /// fixes the configuration, so retry only after the longest back-off.
     Configuration,
@@ -39,6 +42,7 @@ pub struct RefreshPolicy {
     pub lease: Duration,
     /// First back-off after a transient failure; doubles per failure.
     pub backoff_base: Duration,
+    /// The longest back-off between failed attempts.
     pub backoff_cap: Duration,
 }
 

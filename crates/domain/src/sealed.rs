@@ -26,6 +26,7 @@ pub struct SealContext {
 }
 
 impl SealContext {
+    /// The context of `field` of `record` in `project`.
     pub fn new(project: impl Into<String>, record: impl ToString, field: &'static str) -> Self {
         Self {
             project: project.into(),
@@ -51,10 +52,15 @@ impl SealContext {
 
 /// The sealed fields of records, named once so that seal and open agree.
 pub mod fields {
+    /// A connection's secret configuration fields.
     pub const SECRETS: &str = "secrets";
+    /// A grant's access token.
     pub const ACCESS_TOKEN: &str = "access_token";
+    /// A grant's refresh token.
     pub const REFRESH_TOKEN: &str = "refresh_token";
+    /// A consent flow's PKCE verifier.
     pub const PKCE_VERIFIER: &str = "pkce_verifier";
+    /// A registered OAuth client's secret.
     pub const CLIENT_SECRET: &str = "client_secret";
 }
 

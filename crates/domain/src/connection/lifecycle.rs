@@ -28,6 +28,7 @@ pub enum LifecycleEvent {
 }
 
 impl LifecycleEvent {
+    /// The event's name, as recorded in a connection's history.
     pub fn as_str(&self) -> &'static str {
         match self {
             LifecycleEvent::Authorized => "authorized",
@@ -74,14 +75,17 @@ pub fn initial_status(kind: ConnectionType) -> Status {
 /// become the connection's grant.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IssuedTokens {
+    /// The sealed access token.
     pub access_token: Sealed,
     /// `None` when the token response carried none.
     pub refresh_token: Option<Sealed>,
+    /// The token type the provider gave (`Bearer`).
     pub token_type: String,
     /// `None` when the provider did not say which scopes it granted.
     pub scopes: Option<Vec<String>>,
     /// When the token request was sent (expiry counts from there, erring early).
     pub obtained_at: DateTime<Utc>,
+    /// When the access token expires; `None` for tokens that do not.
     pub expires_at: Option<DateTime<Utc>>,
 }
 
@@ -118,7 +122,10 @@ impl Grant {
 #[non_exhaustive]
 pub enum ExpiryReason {
     /// The provider answered the refresh with `invalid_grant`, with its description.
-    RefreshRejected { description: Option<String> },
+    RefreshRejected {
+        /// The provider's `error_description`, if it sent one.
+        description: Option<String>,
+    },
     /// The access token expired and there is no refresh token to get another.
     Lapsed,
 }
