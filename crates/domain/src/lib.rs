@@ -1,34 +1,4 @@
-//! # latchkey-domain
-//!
-//! The rules of Latchkey, as pure values: the connection aggregate and its lifecycle,
-//! configuration validation per connection type, the OAuth provider catalog, consent
-//! URLs with state and PKCE, and the refresh policy. No I/O: time comes in as `now`,
-//! randomness as bytes, so another service can embed these rules as they are.
-//!
-//! ```
-//! use chrono::{DateTime, Utc};
-//! use latchkey_domain::{initial_status, transition, ConnectionType, LifecycleEvent, Status};
-//!
-//! let google: ConnectionType = "dynamiq.connections.GoogleOAuth2".parse().unwrap();
-//! assert_eq!(google.as_str(), "google");
-//!
-//! // An OAuth connection starts incomplete and becomes active once authorized...
-//! let s = initial_status(google);
-//! assert_eq!(s, Status::Incomplete);
-//! let s = transition(google, s, LifecycleEvent::Authorized).unwrap();
-//! assert_eq!(s, Status::Active);
-//! // ...expires when the provider rejects its refresh token...
-//! let s = transition(google, s, LifecycleEvent::RefreshRejected).unwrap();
-//! assert_eq!(s, Status::Expired);
-//! // ...cannot be refreshed while expired...
-//! assert!(transition(google, s, LifecycleEvent::Refreshed).is_err());
-//! // ...and comes back when authorized again.
-//! assert_eq!(transition(google, s, LifecycleEvent::Authorized).unwrap(), Status::Active);
-//!
-//! // API-key connections are usable from the start.
-//! assert_eq!(initial_status("api_key".parse().unwrap()), Status::Active);
-//! ```
-
+#![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
 pub mod config;
