@@ -158,7 +158,10 @@ fn bench(args: &[String]) -> Result<()> {
     }
     println!("xtask: {benches} bench target(s) found");
     steps.step("wrk", ensure_wrk)?;
-    let mut run = cargo(["bench", "--workspace", "--benches"]);
+    // Only the `[[bench]]` targets: `--benches` would also build every library and binary
+    // as a bench harness, the server's included, in release mode with LTO (a second
+    // release build of `latchkey` next to the one above).
+    let mut run = cargo(["bench", "--workspace", "--bench", "*"]);
     // Benchmarks that drive the server as a process find it here.
     run.env("LATCHKEY_BIN", &binary);
     if smoke {
