@@ -107,7 +107,7 @@ impl KeyCensus {
     }
 }
 
-/// Counts every sealed value per key id, reading only the values' headers.
+/// Counts every sealed value per key id, from the values' headers (grouped by the store).
 pub async fn key_census(
     store: &dyn SealedValueStore,
     cipher: &dyn Cipher,
@@ -117,24 +117,10 @@ pub async fn key_census(
         ..KeyCensus::default()
     };
     for table in SealedTable::ALL {
-        let mut after = None;
-        loop {
-            let page = store
-                .sealed_records(table, after.clone(), DEFAULT_BATCH * 5, true)
-                .await?;
-            for record in &page {
-                for (_, value) in &record.values {
-                    match cipher.sealed_key_id(value) {
-                        Ok(id) => *census.values.entry(id).or_default() += 1,
-                        Err(_) => census.unreadable += 1,
-                    }
-                }
-            }
-            match page.last() {
-                Some(last) if page.len() as u32 == DEFAULT_BATCH * 5 => {
-                    after = Some(last.id.clone())
-                }
-                _ => break,
+        for (header, n) in store.sealed_header_counts(table).await? {
+            match cipher.sealed_key_id(&header) {
+                Ok(id) => *census.values.entry(id).or_default() += n,
+                Err(_) => census.unreadable += n,
             }
         }
     }

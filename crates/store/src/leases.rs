@@ -4,10 +4,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use latchkey_domain::{Connection, ConnectionId, Grant, Lease, RefreshSchedule, Status};
 use latchkey_ports::{RefreshLeaseStore, StoreError};
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, Query};
 use sea_orm::ActiveValue::Set;
 use sea_orm::{
-    ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
 use crate::convert::{connection_from_row, grant_columns};
@@ -98,38 +98,39 @@ impl RefreshLeaseStore for SeaStore {
     ) -> Result<Option<Connection>, StoreError> {
         let id = id.to_string();
         let now = to_millis(now);
-        let txn = self.db.begin().await.map_err(backend)?;
-        // The claim itself is one statement; the database serialises competing
-        // claimers on the row, so at most one sees a free lease. A free row is tried
-        // first, then a lapsed lease, so that taking over a crashed worker's lease is
-        // told apart (and counted).
+        // The claim is one statement that returns the claimed row (RETURNING: SQLite
+        // 3.35+, PostgreSQL): the database serialises competing claimers on the row, so
+        // at most one sees a free lease, and no transaction round trips are needed on
+        // the refresh path. A free row is tried first, then a lapsed lease, so that
+        // taking over a crashed worker's lease is told apart (and counted).
         let claim = |free: Condition| {
-            connections::Entity::update_many()
-                .col_expr(C::LeaseOwner, Expr::value(lease.owner.as_str()))
-                .col_expr(C::LeaseUntil, Expr::value(to_millis(lease.until)))
-                .filter(C::Id.eq(id.as_str()))
-                .filter(C::Status.eq(Status::Active.as_str()))
-                .filter(free)
-                .exec(&txn)
+            let mut q = Query::update();
+            q.table(connections::Entity)
+                .value(C::LeaseOwner, lease.owner.as_str())
+                .value(C::LeaseUntil, to_millis(lease.until))
+                .cond_where(
+                    Condition::all()
+                        .add(C::Id.eq(id.as_str()))
+                        .add(C::Status.eq(Status::Active.as_str()))
+                        .add(free),
+                )
+                .returning_all();
+            let stmt = self.db.get_database_backend().build(&q);
+            connections::Entity::find().from_raw_sql(stmt).all(&self.db)
         };
-        let res = claim(Condition::all().add(C::LeaseUntil.is_null()))
+        let mut rows = claim(Condition::all().add(C::LeaseUntil.is_null()))
             .await
             .map_err(backend)?;
-        if res.rows_affected != 1 {
-            let res = claim(Condition::all().add(C::LeaseUntil.lt(now)))
+        if rows.is_empty() {
+            rows = claim(Condition::all().add(C::LeaseUntil.lt(now)))
                 .await
                 .map_err(backend)?;
-            if res.rows_affected != 1 {
+            if rows.is_empty() {
                 return Ok(None);
             }
             metrics::counter!("latchkey_lease_takeovers_total").increment(1);
         }
-        let row = connections::Entity::find_by_id(id)
-            .one(&txn)
-            .await
-            .map_err(backend)?;
-        txn.commit().await.map_err(backend)?;
-        row.map(connection_from_row).transpose()
+        rows.pop().map(connection_from_row).transpose()
     }
 
     async fn save_refreshed_grant(

@@ -269,6 +269,9 @@ async fn connect_sqlite(url: &str) -> Result<DatabaseConnection, StoreError> {
     opts.max_connections(if in_memory { 1 } else { SQLITE_POOL_SIZE })
         .min_connections(if in_memory { 1 } else { 0 })
         .acquire_timeout(Duration::from_secs(30))
+        // A file in this process cannot drop a connection: a ping before every statement
+        // would only double the hand-offs to the connection's worker thread.
+        .test_before_acquire(false)
         .sqlx_logging(false);
     if in_memory {
         opts.idle_timeout(Duration::MAX).max_lifetime(Duration::MAX);

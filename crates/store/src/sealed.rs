@@ -7,7 +7,10 @@ use latchkey_domain::sealed::fields;
 use latchkey_domain::Sealed;
 use latchkey_ports::{SealedRecord, SealedTable, SealedValueStore, StoreError};
 use sea_orm::sea_query::{Expr, SimpleExpr};
-use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Statement,
+};
 
 use crate::entity::{auth_sessions, connections, meta, oauth_clients};
 use crate::time::to_millis;
@@ -217,6 +220,43 @@ impl SeaStore {
     }
 }
 
+/// The sealed columns of each table, for counting values per header.
+fn sealed_columns(table: SealedTable) -> (&'static str, &'static [&'static str]) {
+    match table {
+        SealedTable::Connections => ("connections", &["secrets", "access_token", "refresh_token"]),
+        SealedTable::OAuthClients => ("oauth_clients", &["client_secret"]),
+        SealedTable::AuthSessions => ("auth_sessions", &["pkce_verifier"]),
+        SealedTable::Meta => ("meta", &[]),
+    }
+}
+
+/// One query per column: the values' headers (`[version][id length][id]`: the first
+/// 2 + byte-2 bytes) and their counts, grouped by the database, so that only a handful
+/// of rows leave it. Hex text on the way out: a computed blob loses its type in the
+/// SQLite driver. A value too short for a header is returned whole; the cipher then
+/// calls it malformed.
+fn header_counts_sql(table: &str, col: &str, postgres: bool) -> String {
+    let header = if postgres {
+        format!("encode(CASE WHEN length({col}) >= 2 THEN substring({col} from 1 for 2 + get_byte({col}, 1)) ELSE {col} END, 'hex')")
+    } else {
+        format!("hex(CASE WHEN length({col}) >= 2 THEN substr({col}, 1, 2 + unicode(substr({col}, 2, 1))) ELSE {col} END)")
+    };
+    format!(
+        "SELECT h, COUNT(*) AS n FROM (SELECT {header} AS h FROM {table} WHERE {col} IS NOT NULL) AS headers GROUP BY h"
+    )
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| (c as char).to_digit(16);
+    let b = text.as_bytes();
+    if b.len() % 2 != 0 {
+        return None;
+    }
+    b.chunks(2)
+        .map(|p| Some((digit(p[0])? * 16 + digit(p[1])?) as u8))
+        .collect()
+}
+
 #[async_trait]
 impl SealedValueStore for SeaStore {
     async fn sealed_records(
@@ -242,6 +282,39 @@ impl SealedValueStore for SeaStore {
             }
             SealedTable::Meta => self.sealed_meta(after).await,
         }
+    }
+
+    async fn sealed_header_counts(
+        &self,
+        table: SealedTable,
+    ) -> Result<Vec<(Sealed, u64)>, StoreError> {
+        if table == SealedTable::Meta {
+            return Ok(self
+                .sealed_meta(None)
+                .await?
+                .into_iter()
+                .flat_map(|r| r.values.into_iter().map(|(_, v)| (v, 1)))
+                .collect());
+        }
+        let (name, columns) = sealed_columns(table);
+        let db_backend = self.db.get_database_backend();
+        let mut out = Vec::new();
+        for col in columns {
+            let sql = header_counts_sql(name, col, self.is_postgres());
+            let rows = self
+                .db
+                .query_all(Statement::from_string(db_backend, sql))
+                .await
+                .map_err(backend)?;
+            for row in rows {
+                let header: Option<String> = row.try_get("", "h").map_err(backend)?;
+                let n: i64 = row.try_get("", "n").map_err(backend)?;
+                // A header that is no hex (it always is) counts as unreadable: empty.
+                let bytes = header.as_deref().and_then(from_hex).unwrap_or_default();
+                out.push((Sealed(bytes), u64::try_from(n).unwrap_or(0)));
+            }
+        }
+        Ok(out)
     }
 
     async fn sealed_record(

@@ -52,6 +52,7 @@ suite!(
     meta_put_if_absent,
     corrupt_rows_are_errors,
     sealed_values_page_by_id_and_replace_by_compare_and_set,
+    sealed_header_counts_group_values_by_key_header,
 );
 
 /// Runs each case of the shared store contract (`latchkey_ports::contract`, which the
@@ -143,6 +144,43 @@ mod cases {
             .iter()
             .find(|(f, _)| f == field)
             .map(|(_, v)| v.clone())
+    }
+
+    /// The start-up key census: the database groups every sealed value by its header
+    /// (`[version][id length][id]`), whatever follows it; a value too short for a header
+    /// comes back whole, for the cipher to call malformed.
+    pub async fn sealed_header_counts_group_values_by_key_header(db: &TestDb) {
+        let store = db.store().await;
+        let header = |id: &str| [&[1u8, id.len() as u8][..], id.as_bytes()].concat();
+        let mut rows = Vec::new();
+        for i in 0..3u8 {
+            rows.push([header("k1"), vec![i; 40]].concat());
+        }
+        for i in 0..2u8 {
+            rows.push([header("key-two"), vec![i, 7, 9]].concat());
+        }
+        rows.push(vec![1]);
+        for (i, bytes) in rows.into_iter().enumerate() {
+            let mut c = api_key("p1", &format!("c{i}"));
+            c.secrets = Some(Sealed(bytes));
+            store.insert_connection(&c, &created(&c)).await.unwrap();
+        }
+        let mut counts = std::collections::BTreeMap::new();
+        for (h, n) in store
+            .sealed_header_counts(SealedTable::Connections)
+            .await
+            .unwrap()
+        {
+            *counts.entry(h.0).or_insert(0) += n;
+        }
+        let want: std::collections::BTreeMap<Vec<u8>, u64> =
+            [(header("k1"), 3), (header("key-two"), 2), (vec![1], 1)].into();
+        assert_eq!(counts, want);
+        assert!(store
+            .sealed_header_counts(SealedTable::OAuthClients)
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     /// Every sealed column is paged by id, and a replacement wins only over the row as

@@ -67,6 +67,31 @@ pub trait SealedValueStore: Send + Sync {
         headers_only: bool,
     ) -> Result<Vec<SealedRecord>, StoreError>;
 
+    /// Every sealed value of `table`, grouped by its header (`[version][id length][id]`,
+    /// from which the cipher names its key): (header, how many values carry it). A store
+    /// that can group in its query overrides this, so that counting values per key (at
+    /// every start-up) does not carry every row out of the database; this default pages
+    /// through [`sealed_records`](Self::sealed_records) and answers one entry per value.
+    async fn sealed_header_counts(
+        &self,
+        table: SealedTable,
+    ) -> Result<Vec<(Sealed, u64)>, StoreError> {
+        const PAGE: u32 = 1_000;
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.sealed_records(table, after, PAGE, true).await?;
+            out.extend(
+                page.iter()
+                    .flat_map(|r| r.values.iter().map(|(_, v)| (v.clone(), 1))),
+            );
+            match page.last() {
+                Some(last) if page.len() as u32 == PAGE => after = Some(last.id.clone()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
     /// One row, as [`sealed_records`](Self::sealed_records) reads it in full.
     async fn sealed_record(
         &self,
