@@ -321,9 +321,8 @@ async fn wait_row_count(b: &Chromium, n: usize) -> Vec<String> {
 async fn connect_in_popup(b: &Chromium, button: &str, outcome: &str) {
     let before = b.window_handles().await.unwrap().len();
     b.click_text("button", button).await.unwrap();
-    // The popup is a real window of its own. When the previous popup (same window name) has
-    // not closed yet, the browser reuses it and no new handle appears: then only the outcome
-    // tells. Generous, because on a loaded 2-core CI machine the round trip took over 10 s.
+    // The popup is a real window of its own (a fresh one each time). Generous, because on a
+    // loaded 2-core CI machine the round trip took over 10 s.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut saw_popup = false;
     while Instant::now() < deadline {

@@ -1002,8 +1002,10 @@ function connectControls(c, view) {
  */
 async function connect(c, view, button, out) {
   // Opened now, inside the click, so that popup blockers let it through; pointed at the
-  // consent URL once the API has made one.
-  const popup = window.open('', 'latchkey-oauth', 'popup,width=560,height=720');
+  // consent URL once the API has made one. A fresh name each time: reusing the previous
+  // popup by name raced its own close (the callback page closes itself 1.5 s after a
+  // success), which could shut the new sign-in before it loaded.
+  const popup = window.open('', `latchkey-oauth-${Date.now()}`, 'popup,width=560,height=720');
   if (!popup) {
     out.replaceChildren(h('p', { class: 'alert alert-error', role: 'alert' }, 'The browser blocked the sign-in window. Allow popups for this page, then press the button again.'));
     return;
