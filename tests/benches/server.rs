@@ -8,8 +8,11 @@
 //! Environment: LATCHKEY_BIN (the release binary; set by `cargo xtask bench`),
 //! LATCHKEY_BENCH_SECONDS (per wrk run, default 10), LATCHKEY_BENCH_CONNECTIONS (stored
 //! connections for the last part, default 100000), LATCHKEY_BENCH_REFRESH_GRANTS (grants
-//! kept refreshing, default 3000), LATCHKEY_BENCH_SMOKE=1 (a few seconds in all, targets
-//! reported but not enforced).
+//! kept refreshing, default 3000), LATCHKEY_BENCH_REFRESH_SECONDS (the refresh window,
+//! default 5), LATCHKEY_BENCH_PARTS (a comma list of `http`, `stored`, `refresh`: only
+//! those parts run and only their targets count; default all), LATCHKEY_BENCH_SMOKE=1 (a
+//! few seconds in all, targets reported but not enforced), LATCHKEY_BENCH_SERVER_ENV
+//! (`K=V,K=V`: extra settings of the server under test).
 
 #![allow(
     clippy::unwrap_used,
@@ -57,6 +60,7 @@ struct Knobs {
     refresh_grants: usize,
     refresh_window: Duration,
     smoke: bool,
+    parts: Vec<String>,
 }
 
 impl Knobs {
@@ -68,6 +72,11 @@ impl Knobs {
                 .unwrap_or(d)
         };
         let smoke = std::env::var("LATCHKEY_BENCH_SMOKE").is_ok_and(|v| v == "1");
+        let parts = std::env::var("LATCHKEY_BENCH_PARTS")
+            .unwrap_or_else(|_| "http,stored,refresh".into())
+            .split(',')
+            .map(|p| p.trim().to_owned())
+            .collect();
         if smoke {
             return Self {
                 seconds: 1,
@@ -75,15 +84,21 @@ impl Knobs {
                 refresh_grants: 100,
                 refresh_window: Duration::from_secs(2),
                 smoke,
+                parts,
             };
         }
         Self {
             seconds: num("LATCHKEY_BENCH_SECONDS", 10),
             stored: num("LATCHKEY_BENCH_CONNECTIONS", 100_000) as usize,
             refresh_grants: num("LATCHKEY_BENCH_REFRESH_GRANTS", 3_000) as usize,
-            refresh_window: Duration::from_secs(5),
+            refresh_window: Duration::from_secs(num("LATCHKEY_BENCH_REFRESH_SECONDS", 5)),
             smoke,
+            parts,
         }
+    }
+
+    fn runs(&self, part: &str) -> bool {
+        self.parts.iter().any(|p| p == part)
     }
 }
 
@@ -242,6 +257,11 @@ impl Server {
             .stderr(log);
         for (k, v) in &env {
             cmd.env(k, v);
+        }
+        // Extra server settings to compare (`LATCHKEY_HTTP_KEEP_ALIVE=0s,...`).
+        let extra = std::env::var("LATCHKEY_BENCH_SERVER_ENV").unwrap_or_default();
+        for (k, v) in extra.split(',').filter_map(|kv| kv.split_once('=')) {
+            cmd.env(k.trim(), v.trim());
         }
         let child = cmd.spawn().context("starting latchkey")?;
         let mut server = Self {
@@ -639,6 +659,11 @@ async fn run_backend(
         CREDENTIALS_RATIO_SQLITE
     };
     let mut ceiling = None;
+    let routes = if knobs.runs("http") {
+        routes
+    } else {
+        Vec::new()
+    };
     for (name, url, is_404) in routes {
         let l = wrk(&url, Some(&key), s, is_404)?;
         let ceiling = *ceiling.get_or_insert(l.rps);
@@ -663,6 +688,30 @@ async fn run_backend(
         ));
     }
 
+    let server = if knobs.runs("stored") {
+        stored_part(label, server, &id, &key, knobs, report).await?
+    } else {
+        server
+    };
+    let api = Api::new(&server.base);
+    if knobs.runs("refresh") {
+        refresh_part(label, &server, &api, knobs, stub, report).await?;
+    }
+    drop(server);
+    Ok(())
+}
+
+/// Many connections stored: list pages, RSS and start-up.
+async fn stored_part(
+    label: &str,
+    server: Server,
+    id: &str,
+    key: &str,
+    knobs: &Knobs,
+    report: &mut Report,
+) -> Result<Server> {
+    let api = Api::new(&server.base);
+    let s = knobs.seconds;
     // Many connections stored, created through the API like any other, in projects of
     // BIG_PROJECT_SIZE (a project's connection count is checked against its cap on every
     // create, so one project of 100,000 would make seeding quadratic, and is past the
@@ -678,7 +727,6 @@ async fn run_backend(
         seeded.elapsed()
     );
     let (server, startup) = server.restart().await?;
-    let api = Api::new(&server.base);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = rss_mib(server.pid());
     let lists = [
@@ -715,7 +763,7 @@ async fn run_backend(
     }
     let creds = wrk(
         &server.url(&format!("/v1/connections/{id}/credentials?flow_id=big")),
-        Some(&key),
+        Some(key),
         s,
         false,
     );
@@ -756,6 +804,18 @@ async fn run_backend(
         "| {label} | start-up to healthy | {} | | | | {v} |",
         ms(startup)
     ));
+    Ok(server)
+}
+
+/// The refresh engine: grants due every second, refreshed by the background cycles.
+async fn refresh_part(
+    label: &str,
+    server: &Server,
+    api: &Api,
+    knobs: &Knobs,
+    stub: &StubTokenEndpoint,
+    report: &mut Report,
+) -> Result<()> {
     // The refresh engine: grants due every second, refreshed by the background cycles.
     let grants = knobs.refresh_grants;
     let seeded = Instant::now();
@@ -769,8 +829,9 @@ async fn run_backend(
     })
     .await?;
     eprintln!(
-        "{label}: {grants} short-lived grants authorized in {:?}",
-        seeded.elapsed()
+        "{label}: {grants} short-lived grants authorized in {:?}; server pid {}",
+        seeded.elapsed(),
+        server.pid()
     );
     // Let the cycles reach their steady state, then count over a window.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -811,7 +872,6 @@ async fn run_backend(
         cpu.as_secs_f64() * 1e6
     ));
 
-    drop(server);
     Ok(())
 }
 

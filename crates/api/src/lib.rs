@@ -194,6 +194,7 @@ pub fn wire_with_cache(
         allow_insecure_loopback: config.allow_insecure_loopback,
         private_networks: config.allow_private_networks.clone(),
         timeout: config.http_timeout,
+        keep_alive: config.http_keep_alive,
         ..OutboundPolicy::default()
     })
     .context("building the HTTP client for OAuth providers")?;

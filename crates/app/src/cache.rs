@@ -343,6 +343,25 @@ impl RefreshLeaseStore for CachedStore {
         r
     }
 
+    async fn claim_due_refreshes(
+        &self,
+        lease: &Lease,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Connection>, StoreError> {
+        let r = self.leases.claim_due_refreshes(lease, now, limit).await;
+        let mut s = self.write();
+        s.generation += 1;
+        match &r {
+            Ok(claimed) => claimed.iter().for_each(|c| {
+                s.connections.remove(&c.id);
+            }),
+            // Which rows were claimed is unknown: none of the cached ones can be trusted.
+            Err(_) => s.connections.clear(),
+        }
+        r
+    }
+
     async fn save_refreshed_grant(
         &self,
         id: ConnectionId,

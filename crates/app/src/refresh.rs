@@ -152,7 +152,10 @@ impl Latchkey {
 
     /// Resolves the provider (discovery included) and opens the refresh token: the work
     /// done before the lease is claimed, so the lease only has to cover the token call.
-    async fn prepare(&self, c: &Connection) -> Result<(ResolvedProvider, SecretString), AppError> {
+    pub(crate) async fn prepare(
+        &self,
+        c: &Connection,
+    ) -> Result<(ResolvedProvider, SecretString), AppError> {
         let sealed = c
             .grant()
             .and_then(|g| g.refresh_token.as_ref())
@@ -210,7 +213,7 @@ impl Latchkey {
         Ok(RefreshOutcome::Busy)
     }
 
-    async fn refresh_claimed(
+    pub(crate) async fn refresh_claimed(
         &self,
         claimed: Connection,
         prepared: Option<Result<(ResolvedProvider, SecretString), AppError>>,

@@ -9,12 +9,16 @@ use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
 
-use latchkey_domain::{Connection, ConnectionId, ExpiryReason, Lease, RefreshFailure, Status};
+use latchkey_domain::{Connection, ConnectionId, ExpiryReason, Lease, RefreshFailure};
 use latchkey_ports::StoreError;
 
 use crate::cas::Edit;
 use crate::refresh::RefreshOutcome;
 use crate::{AppError, Latchkey};
+
+/// A batch's lease lasts this many times the refresh lease: the extra covers the wait for
+/// a slot. A task left with less than one whole lease claims its connection afresh.
+const BATCH_LEASE_FACTOR: i32 = 2;
 
 /// Beyond this many provider hosts, the semaphores of idle hosts are forgotten.
 const MAX_IDLE_HOSTS: usize = 1024;
@@ -104,35 +108,40 @@ pub struct CycleReport {
 }
 
 impl Latchkey {
-    /// One scheduling pass of the background refresh: takes the due connections,
-    /// earliest deadline (token expiry) first, and starts a task for each one whose
-    /// refresh is not already queued or running. Returns at once with the started tasks.
+    /// One scheduling pass of the background refresh: claims the due connections,
+    /// earliest deadline (token expiry) first, in one store call under one lease, and
+    /// starts a task for each. Returns at once with the started tasks.
     ///
     /// Each task waits for a slot of its provider host and then a slot of the total, so a
     /// host that hangs holds at most its own share and the other hosts' refreshes go on;
-    /// and the next pass does not wait for the tasks of this one.
+    /// and the next pass does not wait for the tasks of this one. The batch's lease
+    /// allows for that wait ([`BATCH_LEASE_FACTOR`]); a task that waited longer claims
+    /// its connection afresh before calling the provider.
     pub async fn start_due_refreshes(
         self: &Arc<Self>,
     ) -> Result<Vec<(ConnectionId, tokio::task::JoinHandle<RefreshOutcome>)>, AppError> {
         let now = self.now();
-        let busy = self.slots.in_flight().len();
-        // Asking for the queued ones too guarantees a full batch of new work, whatever
-        // sits in the queue of a slow host.
-        let limit = self
-            .settings
-            .refresh_batch
-            .saturating_add(u32::try_from(busy).unwrap_or(u32::MAX));
-        let ids = self.svc.leases.due_for_refresh(now, limit).await?;
-        let mut started = Vec::new();
-        for id in ids {
-            if started.len() >= self.settings.refresh_batch as usize {
-                break;
-            }
+        let lease = Lease {
+            owner: self.new_lease_owner(),
+            until: now + self.settings.refresh.lease * BATCH_LEASE_FACTOR,
+        };
+        let claimed = self
+            .svc
+            .leases
+            .claim_due_refreshes(&lease, now, self.settings.refresh_batch)
+            .await?;
+        let mut started = Vec::with_capacity(claimed.len());
+        for c in claimed {
+            let id = c.id;
             if !self.slots.in_flight().insert(id) {
+                // Still queued here from an earlier pass whose lease lapsed: that task
+                // claims afresh when its turn comes; this claim is given back.
+                self.drop_lease(id, &lease.owner).await;
                 continue;
             }
             let app = self.clone();
-            let handle = tokio::spawn(async move { app.background_refresh(id).await });
+            let lease = lease.clone();
+            let handle = tokio::spawn(async move { app.background_refresh(c, lease).await });
             started.push((id, handle));
         }
         Ok(started)
@@ -184,13 +193,17 @@ impl Latchkey {
 
     /// One connection's background refresh, in its own task: a failure or a panic here
     /// is contained, logged and counted, and the connection backs off.
-    async fn background_refresh(self: Arc<Self>, id: ConnectionId) -> RefreshOutcome {
+    async fn background_refresh(
+        self: Arc<Self>,
+        claimed: Connection,
+        lease: Lease,
+    ) -> RefreshOutcome {
+        let id = claimed.id;
         let _in_flight = InFlight {
             slots: &self.slots,
             id,
         };
-        let owner = self.new_lease_owner();
-        let run = AssertUnwindSafe(self.refresh_in_slot(id, &owner))
+        let run = AssertUnwindSafe(self.refresh_in_slot(claimed, &lease))
             .catch_unwind()
             .await;
         let counters = &self.slots.counters;
@@ -204,7 +217,7 @@ impl Latchkey {
                 let message = panic_message(panic.as_ref());
                 counters.panicked.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(connection = %id, panic = %message, "refresh panicked; the connection backs off and the job goes on");
-                self.back_off_after_panic(id, &owner).await;
+                self.back_off_after_panic(id, &lease.owner).await;
                 RefreshOutcome::Panicked(message)
             }
         };
@@ -218,20 +231,15 @@ impl Latchkey {
     }
 
     /// Waits for a slot of the connection's provider host, then one of the total, then
-    /// refreshes. The lease is claimed only once both are held, so waiting costs no
-    /// lease time.
+    /// refreshes the connection as claimed by the batch: no read and no claim of its own
+    /// unless the wait left the lease too short for a provider call.
     async fn refresh_in_slot(
         &self,
-        id: ConnectionId,
-        owner: &str,
+        claimed: Connection,
+        lease: &Lease,
     ) -> Result<RefreshOutcome, AppError> {
-        let Some(c) = self.svc.connections.get_connection(id).await? else {
-            return Ok(RefreshOutcome::NotDue);
-        };
-        if c.status() != Status::Active {
-            return Ok(RefreshOutcome::NotDue);
-        }
-        let host = self.slots.host(&provider_host(&c));
+        let id = claimed.id;
+        let host = self.slots.host(&provider_host(&claimed));
         // The semaphores are never closed, so acquiring cannot fail.
         let _host_slot = host
             .acquire()
@@ -245,7 +253,23 @@ impl Latchkey {
             .map_err(|_| AppError::Internal("refresh slots closed".into()))?;
         let lock = self.lock_for(id);
         let _guard = lock.lock().await;
-        self.refresh_locked(id, false, owner).await
+        let policy = self.settings.refresh;
+        let worth_preparing = claimed
+            .grant()
+            .is_some_and(|g| g.refresh_token.is_some() && policy.needs_refresh(g, self.now()));
+        let prepared = if worth_preparing {
+            Some(self.prepare(&claimed).await)
+        } else {
+            None
+        };
+        // The provider call and the save must fit in what is left of the lease.
+        if lease.until - self.now() < policy.lease {
+            self.drop_lease(id, &lease.owner).await;
+            let owner = self.new_lease_owner();
+            return self.refresh_locked(id, false, &owner).await;
+        }
+        self.refresh_claimed(claimed, prepared, false, &lease.owner, lease.until)
+            .await
     }
 
     /// After a panic: the connection is taken under `owner` (or still held by it) and

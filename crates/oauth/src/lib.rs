@@ -42,6 +42,14 @@ use crate::transport::{display_url, Fetched, Transport};
 
 pub use crate::transport::MAX_BODY_BYTES as MAX_RESPONSE_BYTES;
 
+/// The default of [`OutboundPolicy::keep_alive`]: long enough that a busy provider host
+/// (many grants refreshing) reuses its connections, short enough to close before common
+/// servers do.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// Idle connections kept per provider host: above the default per-host refresh
+/// concurrency, so a busy host's refreshes all find one.
+const MAX_IDLE_PER_HOST: usize = 8;
+
 const JSON: &str = "application/json";
 const FORM: &str = "application/x-www-form-urlencoded";
 
@@ -56,6 +64,11 @@ pub struct OutboundPolicy {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub user_agent: String,
+    /// How long an idle connection to a provider is kept for the next call; zero keeps
+    /// none. Keep it below the providers' own keep-alive timeouts (5 s for Node.js and
+    /// Apache, 75 s for nginx): a connection the server closes just as a request goes out
+    /// fails ambiguously (see `with_lookup`).
+    pub keep_alive: Duration,
 }
 
 impl Default for OutboundPolicy {
@@ -66,6 +79,7 @@ impl Default for OutboundPolicy {
             timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(5),
             user_agent: concat!("latchkey/", env!("CARGO_PKG_VERSION")).to_owned(),
+            keep_alive: DEFAULT_KEEP_ALIVE,
         }
     }
 }
@@ -126,11 +140,20 @@ impl HttpProviderClient {
             .user_agent(settings.user_agent)
             // Second line of defence behind `check_url`.
             .https_only(!settings.allow_insecure_loopback)
-            // No idle keep-alive connections: a pooled connection the provider closes
-            // while we send on it fails ambiguously, and a refresh with a rotating
-            // refresh token can be neither trusted nor retried then. A fresh
-            // connection per call costs a handshake on a path that runs rarely.
-            .pool_max_idle_per_host(0)
+            // Idle connections are kept only briefly. A pooled connection the provider
+            // closes while we send on it fails ambiguously, and a refresh with a
+            // rotating refresh token can be neither trusted nor retried then; hyper
+            // retries by itself only when the close came before the request was
+            // written. Closing well before the server does makes that race rare, while a
+            // busy host (many grants refreshing) skips a TCP and TLS handshake per call.
+            // A connection is checked against the address rules when it is made, so a
+            // reused one was checked too.
+            .pool_idle_timeout(settings.keep_alive)
+            .pool_max_idle_per_host(if settings.keep_alive.is_zero() {
+                0
+            } else {
+                MAX_IDLE_PER_HOST
+            })
             .build()?;
         Ok(Self {
             transport: Transport {

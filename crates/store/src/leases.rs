@@ -24,6 +24,23 @@ fn lease_free(now_ms: i64) -> Condition {
         .add(C::LeaseUntil.lt(now_ms))
 }
 
+/// The due connections at `now_ms`, earliest deadline first, with the id column only.
+fn due_query(now_ms: i64, limit: u32) -> sea_orm::Select<connections::Entity> {
+    connections::Entity::find()
+        .select_only()
+        .column(C::Id)
+        .filter(C::Status.eq(Status::Active.as_str()))
+        .filter(C::RefreshDueAt.lte(now_ms))
+        .filter(lease_free(now_ms))
+        // Deadline first: the token that lapses soonest. Every due row has an expiry
+        // (a due time is only set for expiring grants); NULLs sort last anyway.
+        .order_by_asc(Expr::cust("CASE WHEN expires_at IS NULL THEN 1 ELSE 0 END"))
+        .order_by_asc(C::ExpiresAt)
+        .order_by_asc(C::RefreshDueAt)
+        .order_by_asc(C::Id)
+        .limit(u64::from(limit))
+}
+
 fn parse_ids(ids: Vec<String>) -> Result<Vec<ConnectionId>, StoreError> {
     ids.into_iter()
         .map(|id| {
@@ -44,20 +61,7 @@ impl RefreshLeaseStore for SeaStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let now = to_millis(now);
-        let ids = connections::Entity::find()
-            .select_only()
-            .column(C::Id)
-            .filter(C::Status.eq(Status::Active.as_str()))
-            .filter(C::RefreshDueAt.lte(now))
-            .filter(lease_free(now))
-            // Deadline first: the token that lapses soonest. Every due row has an expiry
-            // (a due time is only set for expiring grants); NULLs sort last anyway.
-            .order_by_asc(Expr::cust("CASE WHEN expires_at IS NULL THEN 1 ELSE 0 END"))
-            .order_by_asc(C::ExpiresAt)
-            .order_by_asc(C::RefreshDueAt)
-            .order_by_asc(C::Id)
-            .limit(u64::from(limit))
+        let ids = due_query(to_millis(now), limit)
             .into_tuple::<String>()
             .all(&self.db)
             .await
@@ -131,6 +135,61 @@ impl RefreshLeaseStore for SeaStore {
             metrics::counter!("latchkey_lease_takeovers_total").increment(1);
         }
         rows.pop().map(connection_from_row).transpose()
+    }
+
+    async fn claim_due_refreshes(
+        &self,
+        lease: &Lease,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Connection>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = to_millis(now);
+        // Two statements per cycle, whatever the batch: the due ids (and which of them
+        // hold a lapsed lease, for the takeover count), then one UPDATE ... RETURNING
+        // that claims those still free. The UPDATE re-checks every row's lease, so a
+        // concurrent claimer (another replica) that got there first keeps its rows.
+        let due: Vec<(String, Option<i64>)> = due_query(now, limit)
+            .column(C::LeaseUntil)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(backend)?;
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = Query::update();
+        q.table(connections::Entity)
+            .value(C::LeaseOwner, lease.owner.as_str())
+            .value(C::LeaseUntil, to_millis(lease.until))
+            .cond_where(
+                Condition::all()
+                    .add(C::Id.is_in(due.iter().map(|(id, _)| id.as_str())))
+                    .add(C::Status.eq(Status::Active.as_str()))
+                    .add(lease_free(now)),
+            )
+            .returning_all();
+        let stmt = self.db.get_database_backend().build(&q);
+        let rows = connections::Entity::find()
+            .from_raw_sql(stmt)
+            .all(&self.db)
+            .await
+            .map_err(backend)?;
+        let mut claimed: std::collections::HashMap<String, connections::Model> =
+            rows.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let mut out = Vec::with_capacity(claimed.len());
+        // In the due order (RETURNING has none).
+        for (id, lease_until) in due {
+            if let Some(row) = claimed.remove(&id) {
+                if lease_until.is_some() {
+                    metrics::counter!("latchkey_lease_takeovers_total").increment(1);
+                }
+                out.push(connection_from_row(row)?);
+            }
+        }
+        Ok(out)
     }
 
     async fn save_refreshed_grant(

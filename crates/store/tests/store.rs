@@ -102,6 +102,7 @@ contract!(
     usages_are_bounded_and_counted,
     retention_purges_old_history_only,
     due_for_refresh_order_limit_and_leases,
+    claim_due_refreshes_takes_a_cycles_work,
     past_expiry,
     expired_lease_can_be_reclaimed,
     save_refreshed_grant_rules,

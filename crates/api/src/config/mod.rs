@@ -16,7 +16,7 @@ use zeroize::Zeroize;
 pub use environ::is_secret_var;
 use environ::wipe_initial_environment;
 pub use parse::parse_duration;
-use parse::{parse_bool, parse_count, parse_duration_var};
+use parse::{parse_bool, parse_count, parse_duration_or_zero_var, parse_duration_var};
 
 use latchkey_app::DefaultClient;
 use latchkey_domain::{IpNet, Provider};
@@ -56,6 +56,8 @@ pub struct Config {
     pub ui_origin: Option<String>,
     pub default_clients: HashMap<Provider, DefaultClient>,
     pub http_timeout: Duration,
+    /// How long an idle connection to a provider is kept (`LATCHKEY_HTTP_KEEP_ALIVE`).
+    pub http_keep_alive: Duration,
     pub log_json: bool,
     /// Run the background refresh and expiry jobs in this process.
     pub run_jobs: bool,
@@ -200,6 +202,11 @@ impl Config {
                 "LATCHKEY_HTTP_TIMEOUT",
                 Duration::from_secs(15),
             )?,
+            http_keep_alive: parse_duration_or_zero_var(
+                &get,
+                "LATCHKEY_HTTP_KEEP_ALIVE",
+                latchkey_oauth::DEFAULT_KEEP_ALIVE,
+            )?,
             ui_origin,
             default_clients,
             log_json: get("LATCHKEY_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json")),
@@ -278,6 +285,27 @@ mod tests {
         assert_eq!(c.event_retention, Duration::from_secs(90 * 86_400));
         assert_eq!(c.max_connections_per_project, 10_000);
         assert!(!c.allow_insecure_key_file);
+        assert_eq!(c.http_keep_alive, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn keep_alive_may_be_off_but_not_malformed() {
+        for (value, want) in [
+            ("0s", Some(0)),
+            ("0", Some(0)),
+            ("500ms", Some(500)),
+            ("2x", None),
+            ("-1", None),
+        ] {
+            let c = Config::from_vars(&vars(&[("LATCHKEY_HTTP_KEEP_ALIVE", value)]));
+            assert_eq!(
+                c.ok().map(|c| c.http_keep_alive.as_millis()),
+                want,
+                "{value}"
+            );
+        }
+        // Elsewhere zero stays refused.
+        assert!(Config::from_vars(&vars(&[("LATCHKEY_HTTP_TIMEOUT", "0s")])).is_err());
     }
 
     #[test]

@@ -50,8 +50,29 @@ pub(super) fn parse_duration_var(
     }
 }
 
+/// [`parse_duration_var`] where zero is a meaningful value (`0s`: off).
+pub(super) fn parse_duration_or_zero_var(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match get(var) {
+        None => Ok(default),
+        Some(v) => parse_duration_or_zero(&v).map_err(|reason| invalid(var, reason)),
+    }
+}
+
 /// Seconds (`90`), or a number with a unit: `500ms`, `90s`, `5m`, `1h`, `90d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration_or_zero(s)?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+/// [`parse_duration`], zero included.
+fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -70,9 +91,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ))
         }
     };
-    if d.is_zero() {
-        return Err("must be greater than zero".into());
-    }
     Ok(d)
 }
 

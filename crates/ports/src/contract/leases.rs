@@ -58,6 +58,83 @@ pub async fn due_for_refresh_order_limit_and_leases<S: ContractStore + ?Sized>(s
     );
 }
 
+/// A cycle's claim: the due connections in deadline order, up to the limit, leased at
+/// once; live leases are left alone, lapsed ones are taken; nothing is claimed twice.
+pub async fn claim_due_refreshes_takes_a_cycles_work<S: ContractStore + ?Sized>(store: &S) {
+    let now = t(1000);
+    let due_late = oauth("p1", "due-late", Some(900), Some(2000));
+    let due_early = oauth("p1", "due-early", Some(100), Some(2000));
+    let not_yet = oauth("p1", "not-yet", Some(1001), Some(2000));
+    let mut leased = oauth("p1", "leased", Some(10), Some(2000));
+    leased.refresh.lease = Some(lease("w", t(1001)));
+    let mut lease_lapsed = oauth("p1", "lease-lapsed", Some(500), Some(2000));
+    lease_lapsed.refresh.lease = Some(lease("w", t(999)));
+    let expired = with_status(oauth("p1", "expired", Some(50), Some(60)), Status::Expired);
+    for c in [
+        &due_late,
+        &due_early,
+        &not_yet,
+        &leased,
+        &lease_lapsed,
+        &expired,
+    ] {
+        store.insert_connection(c, &created(c)).await.unwrap();
+    }
+    let mine = lease("batch", t(1030));
+    assert!(store
+        .claim_due_refreshes(&mine, now, 0)
+        .await
+        .unwrap()
+        .is_empty());
+    let first = store.claim_due_refreshes(&mine, now, 2).await.unwrap();
+    let ids: Vec<_> = first.iter().map(|c| c.id).collect();
+    assert_eq!(ids, vec![due_early.id, lease_lapsed.id]);
+    for c in &first {
+        assert_eq!(c.refresh.lease.as_ref(), Some(&mine), "returned as claimed");
+        let stored = store.get_connection(c.id).await.unwrap().unwrap();
+        assert_eq!(
+            stored.refresh.lease.as_ref(),
+            Some(&mine),
+            "stored as claimed"
+        );
+        assert_eq!(
+            stored.version, c.version,
+            "a claim does not bump the version"
+        );
+    }
+    // The rest, once; then nothing is left to claim.
+    let other = lease("other", t(1030));
+    let rest = store.claim_due_refreshes(&other, now, 10).await.unwrap();
+    assert_eq!(
+        rest.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![due_late.id]
+    );
+    assert!(store
+        .claim_due_refreshes(&other, now, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let leased_now = store.get_connection(leased.id).await.unwrap().unwrap();
+    assert_eq!(
+        leased_now.refresh.lease, leased.refresh.lease,
+        "a live lease is kept"
+    );
+    // A claimed connection can be saved under the batch's lease like a single claim.
+    let c = &first[0];
+    let g = c.grant().unwrap().clone();
+    store
+        .save_refreshed_grant(
+            c.id,
+            "batch",
+            c.version,
+            &g,
+            &RefreshSchedule::default(),
+            t(1001),
+        )
+        .await
+        .unwrap();
+}
+
 pub async fn past_expiry<S: ContractStore + ?Sized>(store: &S) {
     let now = t(1000);
     let a = oauth("p1", "a", Some(1), Some(999));

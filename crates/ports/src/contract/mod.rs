@@ -50,7 +50,7 @@ impl<T> ContractStore for T where
 }
 
 /// Every case of the contract, by name.
-pub const CASES: [&str; 24] = [
+pub const CASES: [&str; 25] = [
     "usage_upsert",
     "round_trip_every_field",
     "list_filters_and_paging",
@@ -64,6 +64,7 @@ pub const CASES: [&str; 24] = [
     "usages_are_bounded_and_counted",
     "retention_purges_old_history_only",
     "due_for_refresh_order_limit_and_leases",
+    "claim_due_refreshes_takes_a_cycles_work",
     "past_expiry",
     "expired_lease_can_be_reclaimed",
     "save_refreshed_grant_rules",

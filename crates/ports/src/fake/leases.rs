@@ -87,6 +87,25 @@ impl RefreshLeaseStore for FakeStore {
         Ok(Some(c.clone()))
     }
 
+    async fn claim_due_refreshes(
+        &self,
+        lease: &Lease,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Connection>, StoreError> {
+        let ids = self.due_for_refresh(now, limit).await?;
+        self.enter("claim_due_refreshes")?;
+        let mut t = self.tables();
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| {
+                let c = t.connections.get_mut(&id)?;
+                c.refresh.lease = Some(lease.clone());
+                Some(c.clone())
+            })
+            .collect())
+    }
+
     async fn save_refreshed_grant(
         &self,
         id: ConnectionId,

@@ -42,6 +42,19 @@ pub trait RefreshLeaseStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Option<Connection>, StoreError>;
 
+    /// Claims up to `limit` due connections at once under one `lease`: the ones, and in
+    /// the order, that [`RefreshLeaseStore::due_for_refresh`] would return at `now`.
+    /// Atomic per connection like [`RefreshLeaseStore::claim_refresh`] (a live lease is
+    /// never taken, and two concurrent claimers never both get one connection); the
+    /// background refresh uses it to claim a cycle's work in one statement instead of a
+    /// read and a claim per connection. Returns the connections as claimed.
+    async fn claim_due_refreshes(
+        &self,
+        lease: &Lease,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Connection>, StoreError>;
+
     /// Saves a refreshed grant: only if the version is still `expected_version` and the
     /// lease is still held by `owner`. Touches only the grant, schedule, last_error,
     /// updated_at and version columns; clears the lease. `Conflict` otherwise.
