@@ -12,6 +12,7 @@ use sea_orm::{
 
 use crate::convert::{connection_from_row, grant_columns};
 use crate::entity::connections;
+use crate::save_batch::GrantSave;
 use crate::time::to_millis;
 use crate::{backend, SeaStore};
 
@@ -205,31 +206,23 @@ impl RefreshLeaseStore for SeaStore {
         let next_version = expected_version
             .checked_add(1)
             .ok_or_else(|| StoreError::Backend("connection version overflow".into()))?;
-        let row = connections::ActiveModel {
-            access_token: Set(g.access_token),
-            refresh_token: Set(g.refresh_token),
-            token_type: Set(g.token_type),
-            scopes: Set(g.scopes),
-            obtained_at: Set(g.obtained_at),
-            expires_at: Set(g.expires_at),
-            refresh_due_at: Set(schedule.due_at.map(to_millis)),
-            refresh_failures: Set(i64::from(schedule.failures)),
-            lease_owner: Set(None),
-            lease_until: Set(None),
-            last_error: Set(None),
-            updated_at: Set(to_millis(updated_at)),
-            version: Set(next_version),
-            ..Default::default()
+        let row = GrantSave {
+            id: id.to_string(),
+            access_token: g.access_token,
+            refresh_token: g.refresh_token,
+            token_type: g.token_type,
+            scopes: g.scopes,
+            obtained_at: g.obtained_at,
+            expires_at: g.expires_at,
+            refresh_due_at: schedule.due_at.map(to_millis),
+            refresh_failures: i64::from(schedule.failures),
+            updated_at: to_millis(updated_at),
+            next_version,
+            expected_version,
+            owner: owner.to_owned(),
         };
-        let res = connections::Entity::update_many()
-            .set(row)
-            .filter(C::Id.eq(id.to_string()))
-            .filter(C::Version.eq(expected_version))
-            .filter(C::LeaseOwner.eq(owner))
-            .exec(&self.db)
-            .await
-            .map_err(backend)?;
-        if res.rows_affected == 1 {
+        // Written together with the other saves in flight (see save_batch.rs).
+        if self.saves.save(&self.db, row).await? {
             Ok(())
         } else {
             Err(StoreError::Conflict)

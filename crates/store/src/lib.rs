@@ -27,6 +27,7 @@ mod leases;
 mod migration;
 mod notify;
 mod records;
+mod save_batch;
 mod sealed;
 pub mod time;
 
@@ -65,6 +66,8 @@ const PG_MIGRATION_LOCK: i64 = 0x4c61_7463_686b_6579; // "Latchkey"
 #[derive(Clone)]
 pub struct SeaStore {
     db: DatabaseConnection,
+    /// Refreshed grants waiting to be saved together (group commit).
+    saves: save_batch::SaveBatcher,
 }
 
 /// Names the backend only: the pool's own Debug may show connect options, password
@@ -105,12 +108,15 @@ impl SeaStore {
                 "unsupported database URL: expected sqlite://... or postgres://...".into(),
             ));
         };
-        Ok(SeaStore { db })
+        Ok(SeaStore::from_connection(db))
     }
 
     /// Wraps an existing sea-orm connection (tests, embedding).
     pub fn from_connection(db: DatabaseConnection) -> SeaStore {
-        SeaStore { db }
+        SeaStore {
+            db,
+            saves: save_batch::SaveBatcher::default(),
+        }
     }
 
     /// The underlying sea-orm connection.

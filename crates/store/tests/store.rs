@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use latchkey_domain::{Sealed, Status};
+use latchkey_domain::{RefreshSchedule, Sealed, Status};
 use latchkey_ports::{
     AccessKeyStore, ActivityStore, AuthSessionStore, ConnectionQuery, ConnectionStore,
     OAuthClientStore, RefreshLeaseStore, SealedTable, SealedValueStore, StoreError,
@@ -46,6 +46,8 @@ suite!(
     concurrent_uses_are_all_counted,
     concurrent_creators_never_pass_the_cap,
     concurrent_claims_have_one_winner,
+    concurrent_saves_are_batched_and_each_compared,
+    concurrent_claim_batches_share_nothing,
     concurrent_auth_session_takers,
     migrations_are_idempotent,
     concurrent_first_migrations,
@@ -435,6 +437,114 @@ mod cases {
             .await
             .unwrap()
             .is_none());
+    }
+
+    /// Saves in flight together are written in one statement (save_batch.rs): each row
+    /// still wins or loses its own compare-and-set, and every winner's grant is stored.
+    pub async fn concurrent_saves_are_batched_and_each_compared(db: &TestDb) {
+        let store = db.store().await;
+        let now = t(100);
+        let mut conns = Vec::new();
+        for i in 0..60 {
+            let c = oauth("p1", &format!("c{i}"), Some(10), Some(20));
+            store.insert_connection(&c, &created(&c)).await.unwrap();
+            let claimed = store
+                .claim_refresh(c.id, &lease(&format!("w{i}"), t(130)), now)
+                .await
+                .unwrap()
+                .unwrap();
+            conns.push(claimed);
+        }
+        let mut tasks = Vec::new();
+        for (i, c) in conns.iter().enumerate() {
+            let store = store.clone();
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut g = c.grant().unwrap().clone();
+                g.access_token = Sealed(format!("at-{i}").into_bytes());
+                g.refresh_token = (i % 2 == 0).then(|| Sealed(format!("rt-{i}").into_bytes()));
+                g.expires_at = Some(t(1000 + i as i64));
+                let schedule = RefreshSchedule {
+                    due_at: Some(t(900 + i as i64)),
+                    failures: 0,
+                    lease: None,
+                };
+                // Every third one presents a stale version, every fifth a foreign owner.
+                let version = if i % 3 == 0 { c.version + 7 } else { c.version };
+                let owner = if i % 5 == 0 {
+                    "stranger".to_owned()
+                } else {
+                    format!("w{i}")
+                };
+                let r = store
+                    .save_refreshed_grant(c.id, &owner, version, &g, &schedule, t(101))
+                    .await;
+                (i, c, g, r)
+            }));
+        }
+        for task in tasks {
+            let (i, before, g, r) = task.await.unwrap();
+            let stored = store.get_connection(before.id).await.unwrap().unwrap();
+            if i % 3 == 0 || i % 5 == 0 {
+                assert!(matches!(r, Err(StoreError::Conflict)), "{i}: {r:?}");
+                assert_eq!(stored, before, "{i}: a lost compare-and-set writes nothing");
+            } else {
+                r.unwrap();
+                assert_eq!(stored.grant(), Some(&g), "{i}");
+                assert_eq!(stored.version, before.version + 1, "{i}");
+                assert_eq!(stored.refresh.lease, None, "{i}");
+                assert_eq!(stored.refresh.due_at, Some(t(900 + i as i64)), "{i}");
+                assert_eq!(stored.updated_at, t(101), "{i}");
+            }
+        }
+    }
+
+    /// Two processes claiming a cycle's work at once never both get a connection.
+    pub async fn concurrent_claim_batches_share_nothing(db: &TestDb) {
+        let s1 = db.store().await;
+        let s2 = db.store().await;
+        let mut ids = std::collections::HashSet::new();
+        for i in 0..80 {
+            let c = oauth("p1", &format!("c{i}"), Some(10), Some(20));
+            s1.insert_connection(&c, &created(&c)).await.unwrap();
+            ids.insert(c.id);
+        }
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let store = if i % 2 == 0 { s1.clone() } else { s2.clone() };
+            tasks.push(tokio::spawn(async move {
+                store
+                    .claim_due_refreshes(&lease(&format!("b{i}"), t(130)), t(100), 25)
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut check = |claimed: Vec<latchkey_domain::Connection>| {
+            for c in claimed {
+                assert!(seen.insert(c.id), "claimed twice: {}", c.id);
+            }
+        };
+        for task in tasks {
+            check(task.await.unwrap());
+        }
+        // Racing claimers read the same due ids, so losers get fewer; what is left is
+        // claimed by the next passes, and nothing twice.
+        loop {
+            let more = s1
+                .claim_due_refreshes(&lease("late", t(130)), t(100), 25)
+                .await
+                .unwrap();
+            if more.is_empty() {
+                break;
+            }
+            check(more);
+        }
+        assert_eq!(seen, ids, "all due work is claimed");
+        for id in ids {
+            let stored = s2.get_connection(id).await.unwrap().unwrap();
+            assert!(stored.refresh.lease.is_some());
+        }
     }
 
     pub async fn concurrent_auth_session_takers(db: &TestDb) {
