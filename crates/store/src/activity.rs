@@ -109,7 +109,7 @@ impl ActivityStore for SeaStore {
     ) -> Result<(), StoreError> {
         let id = id.to_string();
         let at = to_millis(at);
-        let txn = self.db.begin().await.map_err(backend)?;
+        let txn = self.writer.begin().await.map_err(backend)?;
         // Keeps the latest use when calls arrive out of order; the version is untouched.
         let later = Expr::case(
             Condition::any()
@@ -175,7 +175,7 @@ impl ActivityStore for SeaStore {
         if last_used.is_empty() && flows.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin().await.map_err(backend)?;
+        let txn = self.writer.begin().await.map_err(backend)?;
         for chunk in last_used.chunks(USAGE_CHUNK) {
             update_last_used(&txn, chunk).await?;
         }
@@ -294,7 +294,7 @@ impl ActivityStore for SeaStore {
             .to_owned();
         let res = connection_events::Entity::delete_many()
             .filter(E::Seq.in_subquery(oldest))
-            .exec(&self.db)
+            .exec(&self.writer)
             .await
             .map_err(backend)?;
         Ok(res.rows_affected)
@@ -322,7 +322,7 @@ impl ActivityStore for SeaStore {
                 ])
                 .in_subquery(oldest),
             )
-            .exec(&self.db)
+            .exec(&self.writer)
             .await
             .map_err(backend)?;
         Ok(res.rows_affected)

@@ -74,7 +74,7 @@ impl ConnectionStore for SeaStore {
         connection: &Connection,
         event: &ConnectionEvent,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin().await.map_err(backend)?;
+        let txn = self.writer.begin().await.map_err(backend)?;
         connections::Entity::insert(connection_row(connection))
             .exec_without_returning(&txn)
             .await
@@ -90,7 +90,7 @@ impl ConnectionStore for SeaStore {
         max_in_project: u64,
     ) -> Result<(), StoreError> {
         let project = connection.project_id.as_str();
-        let txn = self.db.begin().await.map_err(backend)?;
+        let txn = self.writer.begin().await.map_err(backend)?;
         if txn.get_database_backend() == DbBackend::Postgres {
             // Serialises creators of the same project until commit: the count below then
             // sees every connection committed before ours, so the cap is exact. Other
@@ -188,7 +188,7 @@ impl ConnectionStore for SeaStore {
         row.lease_until = NotSet;
         // Write first, then read if needed: on SQLite a transaction that reads before
         // writing can fail with SQLITE_BUSY instead of waiting for the write lock.
-        let txn = self.db.begin().await.map_err(backend)?;
+        let txn = self.writer.begin().await.map_err(backend)?;
         let res = connections::Entity::update_many()
             .set(row)
             .filter(C::Id.eq(id.as_str()))
@@ -220,7 +220,7 @@ impl ConnectionStore for SeaStore {
         let id = id.to_string();
         // Explicit deletes rather than trusting ON DELETE CASCADE alone: SQLite only
         // cascades when the foreign_keys pragma is on for that connection.
-        let txn = self.db.begin().await.map_err(backend)?;
+        let txn = self.writer.begin().await.map_err(backend)?;
         connection_events::Entity::delete_many()
             .filter(connection_events::Column::ConnectionId.eq(id.as_str()))
             .exec(&txn)

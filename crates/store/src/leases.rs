@@ -121,7 +121,9 @@ impl RefreshLeaseStore for SeaStore {
                 )
                 .returning_all();
             let stmt = self.db.get_database_backend().build(&q);
-            connections::Entity::find().from_raw_sql(stmt).all(&self.db)
+            connections::Entity::find()
+                .from_raw_sql(stmt)
+                .all(&self.writer)
         };
         let mut rows = claim(Condition::all().add(C::LeaseUntil.is_null()))
             .await
@@ -175,7 +177,7 @@ impl RefreshLeaseStore for SeaStore {
         let stmt = self.db.get_database_backend().build(&q);
         let rows = connections::Entity::find()
             .from_raw_sql(stmt)
-            .all(&self.db)
+            .all(&self.writer)
             .await
             .map_err(backend)?;
         let mut claimed: std::collections::HashMap<String, connections::Model> =
@@ -222,7 +224,7 @@ impl RefreshLeaseStore for SeaStore {
             owner: owner.to_owned(),
         };
         // Written together with the other saves in flight (see save_batch.rs).
-        if self.saves.save(&self.db, row).await? {
+        if self.saves.save(&self.writer, row).await? {
             Ok(())
         } else {
             Err(StoreError::Conflict)
@@ -250,7 +252,7 @@ impl RefreshLeaseStore for SeaStore {
             .filter(C::Id.eq(id.to_string()))
             .filter(C::LeaseOwner.eq(owner))
             .filter(C::Version.eq(expected_version))
-            .exec(&self.db)
+            .exec(&self.writer)
             .await
             .map_err(backend)?;
         Ok(res.rows_affected == 1)
@@ -266,7 +268,7 @@ impl RefreshLeaseStore for SeaStore {
             .set(row)
             .filter(C::Id.eq(id.to_string()))
             .filter(C::LeaseOwner.eq(owner))
-            .exec(&self.db)
+            .exec(&self.writer)
             .await
             .map_err(backend)?;
         Ok(res.rows_affected == 1)

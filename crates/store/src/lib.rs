@@ -53,9 +53,8 @@ use crate::entity::{access_keys, auth_sessions, connections as conn_e, meta, oau
 /// How long a SQLite writer waits for another writer (this or another process) before
 /// failing with SQLITE_BUSY.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-/// SQLite allows one writer at a time; a few connections let reads overlap a write
-/// (WAL) while writers queue on the pool and the busy timeout.
-const SQLITE_POOL_SIZE: u32 = 4;
+/// Connections of the SQLite read pool: reads overlap each other and the one writer (WAL).
+const SQLITE_READERS: u32 = 4;
 const POSTGRES_POOL_SIZE: u32 = 10;
 /// Arbitrary constant naming the advisory lock that serialises concurrent migrations
 /// (two servers starting at once) on PostgreSQL.
@@ -65,7 +64,14 @@ const PG_MIGRATION_LOCK: i64 = 0x4c61_7463_686b_6579; // "Latchkey"
 /// shared).
 #[derive(Clone)]
 pub struct SeaStore {
+    /// Reads (and, on PostgreSQL, everything).
     db: DatabaseConnection,
+    /// Writes. On a SQLite file, a pool of its own with one connection: SQLite takes one
+    /// writer at a time anyway, and a connection drops its whole page cache whenever
+    /// another one wrote, so one writer keeps its cache warm, never sleeps in the busy
+    /// handler behind another of our connections, and leaves the readers free. The same
+    /// pool as `db` elsewhere.
+    writer: DatabaseConnection,
     /// Refreshed grants waiting to be saved together (group commit).
     saves: save_batch::SaveBatcher,
 }
@@ -92,7 +98,19 @@ impl SeaStore {
     /// connections use WAL, foreign keys and a busy timeout so concurrent writers wait.
     pub async fn connect(url: &str) -> Result<SeaStore, StoreError> {
         let db = if url.starts_with("sqlite:") {
-            connect_sqlite(url).await?
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            // An in-memory database exists once per connection: one pool of one keeps it
+            // whole, for reads and writes.
+            if in_memory {
+                return Ok(SeaStore::from_connection(connect_sqlite(url, 1).await?));
+            }
+            let writer = connect_sqlite(url, 1).await?;
+            let readers = connect_sqlite(url, SQLITE_READERS).await?;
+            return Ok(SeaStore {
+                db: readers,
+                writer,
+                saves: save_batch::SaveBatcher::default(),
+            });
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let mut opts = ConnectOptions::new(url.to_owned());
             opts.max_connections(POSTGRES_POOL_SIZE)
@@ -114,6 +132,7 @@ impl SeaStore {
     /// Wraps an existing sea-orm connection (tests, embedding).
     pub fn from_connection(db: DatabaseConnection) -> SeaStore {
         SeaStore {
+            writer: db.clone(),
             db,
             saves: save_batch::SaveBatcher::default(),
         }
@@ -155,7 +174,7 @@ impl SeaStore {
                 // retry finds the work done.
                 let mut attempt = 0;
                 loop {
-                    match migration::Migrator::up(&self.db, None).await {
+                    match migration::Migrator::up(&self.writer, None).await {
                         Ok(()) => return Ok(()),
                         Err(e) if attempt >= 4 => return Err(migration_error(e)),
                         Err(e) => {
@@ -176,6 +195,8 @@ impl SeaStore {
 
     /// Closes the pool. Later calls fail.
     pub async fn close(self) -> Result<(), StoreError> {
+        // Closing a pool twice (when `writer` shares it) is harmless.
+        self.writer.close().await.map_err(backend)?;
         self.db.close().await.map_err(backend)
     }
 
@@ -201,7 +222,7 @@ impl SeaStore {
                     .do_nothing()
                     .to_owned(),
             )
-            .exec_without_returning(&self.db)
+            .exec_without_returning(&self.writer)
             .await
             .map_err(backend)?;
         Ok(inserted == 1)
@@ -257,12 +278,11 @@ impl SeaStore {
     }
 }
 
-async fn connect_sqlite(url: &str) -> Result<DatabaseConnection, StoreError> {
+async fn connect_sqlite(url: &str, connections: u32) -> Result<DatabaseConnection, StoreError> {
     let parsed: SqliteConnectOptions = url
         .parse()
         .map_err(|e| StoreError::Backend(format!("invalid SQLite URL: {e}")))?;
     let filename = parsed.get_filename().to_path_buf();
-    // An in-memory database exists once per connection: a pool of one keeps it whole.
     let in_memory = url.contains(":memory:") || url.contains("mode=memory");
     // A plain `sqlite://path` creates the file like `?mode=rwc`; an explicit mode wins.
     let create = !url.contains("mode=");
@@ -272,7 +292,7 @@ async fn connect_sqlite(url: &str) -> Result<DatabaseConnection, StoreError> {
         }
     }
     let mut opts = ConnectOptions::new(url.to_owned());
-    opts.max_connections(if in_memory { 1 } else { SQLITE_POOL_SIZE })
+    opts.max_connections(connections)
         .min_connections(if in_memory { 1 } else { 0 })
         .acquire_timeout(Duration::from_secs(30))
         // A file in this process cannot drop a connection: a ping before every statement

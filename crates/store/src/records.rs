@@ -24,7 +24,7 @@ impl AuthSessionStore for SeaStore {
     /// hash is taken.
     async fn insert_auth_session(&self, session: &AuthSession) -> Result<(), StoreError> {
         auth_sessions::Entity::insert(auth_session_row(session))
-            .exec_without_returning(&self.db)
+            .exec_without_returning(&self.writer)
             .await
             .map_err(|e| {
                 if is_foreign_key_violation(&e) {
@@ -47,7 +47,7 @@ impl AuthSessionStore for SeaStore {
             .to_owned();
         let backend_kind = self.db.get_database_backend();
         let row = self
-            .db
+            .writer
             .query_one(backend_kind.build(&stmt))
             .await
             .map_err(backend)?;
@@ -61,7 +61,7 @@ impl AuthSessionStore for SeaStore {
     async fn purge_auth_sessions(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         let res = auth_sessions::Entity::delete_many()
             .filter(auth_sessions::Column::ExpiresAt.lt(to_millis(now)))
-            .exec(&self.db)
+            .exec(&self.writer)
             .await
             .map_err(backend)?;
         Ok(res.rows_affected)
@@ -72,7 +72,7 @@ impl AuthSessionStore for SeaStore {
 impl OAuthClientStore for SeaStore {
     async fn insert_oauth_client(&self, client: &OAuthClient) -> Result<(), StoreError> {
         oauth_clients::Entity::insert(oauth_client_row(client))
-            .exec_without_returning(&self.db)
+            .exec_without_returning(&self.writer)
             .await
             .map_err(write_error)?;
         Ok(())
@@ -119,7 +119,7 @@ impl OAuthClientStore for SeaStore {
         let res = oauth_clients::Entity::delete_many()
             .filter(oauth_clients::Column::Id.eq(id.as_str()))
             .filter(Condition::all().add(Expr::exists(users).not()))
-            .exec(&self.db)
+            .exec(&self.writer)
             .await;
         let in_use = match res {
             Ok(r) if r.rows_affected > 0 => return Ok(true),
@@ -160,7 +160,7 @@ fn in_use_error(count: u64) -> StoreError {
 impl AccessKeyStore for SeaStore {
     async fn insert_access_key(&self, key: &AccessKey) -> Result<(), StoreError> {
         access_keys::Entity::insert(access_key_row(key))
-            .exec_without_returning(&self.db)
+            .exec_without_returning(&self.writer)
             .await
             .map_err(write_error)?;
         Ok(())
@@ -197,7 +197,7 @@ impl AccessKeyStore for SeaStore {
 
     async fn delete_access_key(&self, id: AccessKeyId) -> Result<bool, StoreError> {
         let res = access_keys::Entity::delete_by_id(id.to_string())
-            .exec(&self.db)
+            .exec(&self.writer)
             .await
             .map_err(backend)?;
         Ok(res.rows_affected > 0)

@@ -375,7 +375,7 @@ impl SealedValueStore for SeaStore {
                             .add(C::LeaseUntil.is_null())
                             .add(C::LeaseUntil.lt(now)),
                     )
-                    .exec(&self.db)
+                    .exec(&self.writer)
                     .await
                     .map_err(backend)?
                     .rows_affected
@@ -398,7 +398,7 @@ impl SealedValueStore for SeaStore {
                             .col_expr(O::ClientSecret, new)
                             .filter(O::Id.eq(record.id.as_str()))
                             .filter(O::ClientSecret.eq(old))
-                            .exec(&self.db)
+                            .exec(&self.writer)
                             .await
                     }
                     (SealedTable::AuthSessions, fields::PKCE_VERIFIER) => {
@@ -407,7 +407,7 @@ impl SealedValueStore for SeaStore {
                             .col_expr(S::PkceVerifier, new)
                             .filter(S::StateHash.eq(record.id.as_str()))
                             .filter(S::PkceVerifier.eq(old))
-                            .exec(&self.db)
+                            .exec(&self.writer)
                             .await
                     }
                     (SealedTable::Meta, KEY_CHECK_META) => {
@@ -416,7 +416,7 @@ impl SealedValueStore for SeaStore {
                             .col_expr(M::Value, new)
                             .filter(M::Key.eq(KEY_CHECK_META))
                             .filter(M::Value.eq(old))
-                            .exec(&self.db)
+                            .exec(&self.writer)
                             .await
                     }
                     (_, other) => return Err(unknown(other)),
