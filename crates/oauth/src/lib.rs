@@ -38,7 +38,7 @@ use url::Url;
 use crate::errors::{auth_param, classify, oauth_error_in, token_error, Redactor, WireError};
 use crate::resolve::{check_literal, PolicyResolver};
 use crate::token::WireToken;
-use crate::transport::{display_url, Fetched, Transport};
+use crate::transport::{display_url, Fetched, PerThread, Transport};
 
 pub use crate::transport::MAX_BODY_BYTES as MAX_RESPONSE_BYTES;
 
@@ -111,6 +111,43 @@ type TokenClient = oauth2::Client<
     EndpointSet,
 >;
 
+/// The reqwest client of `settings`: the outbound policy baked in.
+fn build_http(
+    settings: &OutboundPolicy,
+    lookup: Arc<dyn HostLookup>,
+    rules: &AddressRules,
+) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .dns_resolver(Arc::new(PolicyResolver {
+            lookup,
+            rules: rules.clone(),
+        }))
+        // A proxy would resolve and connect on our behalf, out of the resolver's sight.
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false)
+        .timeout(settings.timeout)
+        .connect_timeout(settings.connect_timeout)
+        .user_agent(settings.user_agent.as_str())
+        // Second line of defence behind `check_url`.
+        .https_only(!settings.allow_insecure_loopback)
+        // Idle connections are kept only briefly. A pooled connection the provider
+        // closes while we send on it fails ambiguously, and a refresh with a
+        // rotating refresh token can be neither trusted nor retried then; hyper
+        // retries by itself only when the close came before the request was
+        // written. Closing well before the server does makes that race rare, while a
+        // busy host (many grants refreshing) skips a TCP and TLS handshake per call.
+        // A connection is checked against the address rules when it is made, so a
+        // reused one was checked too.
+        .pool_idle_timeout(settings.keep_alive)
+        .pool_max_idle_per_host(if settings.keep_alive.is_zero() {
+            0
+        } else {
+            MAX_IDLE_PER_HOST
+        })
+        .build()
+}
+
 impl HttpProviderClient {
     pub fn new(settings: OutboundPolicy) -> Result<Self, ClientBuildError> {
         Self::with_lookup(settings, Arc::new(SystemLookup))
@@ -126,35 +163,12 @@ impl HttpProviderClient {
             allow_loopback: settings.allow_insecure_loopback,
             allowed_networks: settings.private_networks.clone(),
         };
-        let http = reqwest::Client::builder()
-            .dns_resolver(Arc::new(PolicyResolver {
-                lookup,
-                rules: rules.clone(),
-            }))
-            // A proxy would resolve and connect on our behalf, out of the resolver's sight.
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .referer(false)
-            .timeout(settings.timeout)
-            .connect_timeout(settings.connect_timeout)
-            .user_agent(settings.user_agent)
-            // Second line of defence behind `check_url`.
-            .https_only(!settings.allow_insecure_loopback)
-            // Idle connections are kept only briefly. A pooled connection the provider
-            // closes while we send on it fails ambiguously, and a refresh with a
-            // rotating refresh token can be neither trusted nor retried then; hyper
-            // retries by itself only when the close came before the request was
-            // written. Closing well before the server does makes that race rare, while a
-            // busy host (many grants refreshing) skips a TCP and TLS handshake per call.
-            // A connection is checked against the address rules when it is made, so a
-            // reused one was checked too.
-            .pool_idle_timeout(settings.keep_alive)
-            .pool_max_idle_per_host(if settings.keep_alive.is_zero() {
-                0
-            } else {
-                MAX_IDLE_PER_HOST
-            })
-            .build()?;
+        let build = {
+            let rules = rules.clone();
+            let settings = settings.clone();
+            move || build_http(&settings, lookup.clone(), &rules)
+        };
+        let http = PerThread::new(Arc::new(build))?;
         Ok(Self {
             transport: Transport {
                 http,
@@ -209,6 +223,7 @@ impl HttpProviderClient {
         let mut builder = self
             .transport
             .http
+            .builder()
             .post(url)
             .header(ACCEPT, JSON)
             .header(CONTENT_TYPE, FORM);
@@ -241,7 +256,7 @@ impl HttpProviderClient {
         url: Url,
         bearer: Option<&SecretString>,
     ) -> Result<Fetched, OAuthError> {
-        let mut builder = self.transport.http.get(url).header(ACCEPT, JSON);
+        let mut builder = self.transport.http.builder().get(url).header(ACCEPT, JSON);
         if let Some(t) = bearer {
             builder = builder.bearer_auth(t.expose_secret());
         }
