@@ -234,6 +234,8 @@ pub fn wire_with_cache(
         event_retention: chrono::Duration::from_std(config.event_retention)?,
         refresh_concurrency: config.refresh_concurrency,
         refresh_concurrency_per_host: config.refresh_concurrency_per_host,
+        provider_call_budget: chrono::Duration::from_std(config.http_timeout)?
+            + chrono::Duration::seconds(2),
         ..Settings::default()
     };
     Ok((Latchkey::new(svc, settings), cache))

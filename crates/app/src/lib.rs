@@ -97,6 +97,10 @@ pub struct Settings {
     pub refresh_concurrency_per_host: usize,
     /// How many due connections one cycle picks up.
     pub refresh_batch: u32,
+    /// What must be left of a lease to call a provider under it: the HTTP timeout and a
+    /// margin to save the result. A background refresh whose batch lease has less left
+    /// (it waited for a slot) claims its connection afresh.
+    pub provider_call_budget: chrono::Duration,
     /// The most connections one project may hold (`limit_reached` beyond).
     pub max_connections_per_project: u64,
     /// Events and flow usages older than this are purged by the retention cycle.
@@ -114,6 +118,7 @@ impl Default for Settings {
             refresh_concurrency: 16,
             refresh_concurrency_per_host: 4,
             refresh_batch: 500,
+            provider_call_budget: chrono::Duration::seconds(17),
             max_connections_per_project: 10_000,
             event_retention: chrono::Duration::days(90),
         }

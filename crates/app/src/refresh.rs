@@ -172,6 +172,12 @@ impl Latchkey {
         owner: &str,
     ) -> Result<RefreshOutcome, AppError> {
         let policy = self.settings.refresh;
+        // A cycle of this process claimed it and its task waits in the queue: take the
+        // claim over (the caller holds the connection's lock, which that task needs
+        // before it starts, and finds its claim gone).
+        if let Some(batch_owner) = self.slots.take_queued(id) {
+            self.drop_lease(id, &batch_owner).await;
+        }
         // The connection is read and its provider resolved (discovery may take a whole
         // HTTP timeout) before the lease is claimed; if its settings change in between,
         // the claim is given back and the work redone.

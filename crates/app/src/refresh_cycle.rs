@@ -16,10 +16,6 @@ use crate::cas::Edit;
 use crate::refresh::RefreshOutcome;
 use crate::{AppError, Latchkey};
 
-/// A batch's lease lasts this many times the refresh lease: the extra covers the wait for
-/// a slot. A task left with less than one whole lease claims its connection afresh.
-const BATCH_LEASE_FACTOR: i32 = 2;
-
 /// Beyond this many provider hosts, the semaphores of idle hosts are forgotten.
 const MAX_IDLE_HOSTS: usize = 1024;
 
@@ -33,6 +29,10 @@ pub(crate) struct RefreshSlots {
     per_host_limit: usize,
     per_host: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     in_flight: Mutex<HashSet<ConnectionId>>,
+    /// Connections claimed by a cycle whose task has not started its refresh yet, with
+    /// the batch's lease owner: a caller in this process that needs one of them now
+    /// (credentials on demand) takes the claim over instead of waiting for the queue.
+    queued: Mutex<HashMap<ConnectionId, String>>,
     counters: RefreshCounters,
 }
 
@@ -43,6 +43,7 @@ impl RefreshSlots {
             per_host_limit: per_host.max(1),
             per_host: Mutex::default(),
             in_flight: Mutex::default(),
+            queued: Mutex::default(),
             counters: RefreshCounters::default(),
         }
     }
@@ -62,6 +63,15 @@ impl RefreshSlots {
     fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<ConnectionId>> {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn queued(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, String>> {
+        self.queued.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the queued claim of `id`, if any: its lease owner.
+    pub(crate) fn take_queued(&self, id: ConnectionId) -> Option<String> {
+        self.queued().remove(&id)
+    }
 }
 
 /// Takes a connection out of the in-flight set when its background refresh ends, however
@@ -73,6 +83,7 @@ struct InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
+        self.slots.queued().remove(&self.id);
         self.slots.in_flight().remove(&self.id);
     }
 }
@@ -114,16 +125,17 @@ impl Latchkey {
     ///
     /// Each task waits for a slot of its provider host and then a slot of the total, so a
     /// host that hangs holds at most its own share and the other hosts' refreshes go on;
-    /// and the next pass does not wait for the tasks of this one. The batch's lease
-    /// allows for that wait ([`BATCH_LEASE_FACTOR`]); a task that waited longer claims
-    /// its connection afresh before calling the provider.
+    /// and the next pass does not wait for the tasks of this one. A task left with less
+    /// of the lease than a provider call needs (`provider_call_budget`) claims its
+    /// connection afresh; a caller in this process that needs a queued connection at
+    /// once takes its claim over (see [`RefreshSlots::take_queued`]).
     pub async fn start_due_refreshes(
         self: &Arc<Self>,
     ) -> Result<Vec<(ConnectionId, tokio::task::JoinHandle<RefreshOutcome>)>, AppError> {
         let now = self.now();
         let lease = Lease {
             owner: self.new_lease_owner(),
-            until: now + self.settings.refresh.lease * BATCH_LEASE_FACTOR,
+            until: now + self.settings.refresh.lease,
         };
         let claimed = self
             .svc
@@ -139,6 +151,7 @@ impl Latchkey {
                 self.drop_lease(id, &lease.owner).await;
                 continue;
             }
+            self.slots.queued().insert(id, lease.owner.clone());
             let app = self.clone();
             let lease = lease.clone();
             let handle = tokio::spawn(async move { app.background_refresh(c, lease).await });
@@ -253,6 +266,10 @@ impl Latchkey {
             .map_err(|_| AppError::Internal("refresh slots closed".into()))?;
         let lock = self.lock_for(id);
         let _guard = lock.lock().await;
+        if self.slots.take_queued(id).is_none() {
+            // Taken over meanwhile by a caller that refreshed it (or found it fresh).
+            return Ok(RefreshOutcome::NotDue);
+        }
         let policy = self.settings.refresh;
         let worth_preparing = claimed
             .grant()
@@ -263,7 +280,7 @@ impl Latchkey {
             None
         };
         // The provider call and the save must fit in what is left of the lease.
-        if lease.until - self.now() < policy.lease {
+        if lease.until - self.now() < self.settings.provider_call_budget {
             self.drop_lease(id, &lease.owner).await;
             let owner = self.new_lease_owner();
             return self.refresh_locked(id, false, &owner).await;

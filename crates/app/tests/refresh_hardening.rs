@@ -587,3 +587,74 @@ async fn only_a_confirmed_invalid_grant_expires_a_lapsed_grant() {
         }
     ));
 }
+
+/// Hangs the refresh of one refresh token; everything else goes to `inner`.
+struct HangingToken {
+    token: &'static str,
+    inner: Arc<FakeProvider>,
+}
+
+#[async_trait]
+impl ProviderClient for HangingToken {
+    async fn exchange_code(&self, r: CodeExchange) -> Result<TokenResponse, OAuthError> {
+        self.inner.exchange_code(r).await
+    }
+    async fn refresh(&self, r: RefreshExchange) -> Result<TokenResponse, OAuthError> {
+        if r.refresh_token.expose_secret() == self.token {
+            std::future::pending::<()>().await;
+        }
+        self.inner.refresh(r).await
+    }
+    async fn revoke(&self, r: Revocation) -> Result<(), OAuthError> {
+        self.inner.revoke(r).await
+    }
+    async fn userinfo(&self, e: String, t: SecretString) -> Result<Value, OAuthError> {
+        self.inner.userinfo(e, t).await
+    }
+    async fn discover(&self, i: String) -> Result<DiscoveredMetadata, OAuthError> {
+        self.inner.discover(i).await
+    }
+}
+
+/// A cycle claims its due connections in one batch, and those behind a busy host wait
+/// in the queue holding the batch's lease. A credentials call in the same process that
+/// needs one of them refreshes it at once (it takes the claim over) instead of waiting
+/// for a lease its own process holds; the queued task then finds nothing to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_take_over_a_connection_queued_by_the_cycle() {
+    let fake = Arc::new(FakeProvider::default());
+    let h = harness_with_settings(
+        Arc::new(HangingToken {
+            token: "rt-stuck",
+            inner: fake.clone(),
+        }),
+        Settings {
+            refresh_concurrency: 1,
+            refresh_concurrency_per_host: 1,
+            ..settings()
+        },
+    );
+    let stuck = google(&h, &fake, "stuck", Some("rt-stuck")).await;
+    h.clock.advance(Duration::seconds(1));
+    let queued = google(&h, &fake, "queued", Some("rt-queued")).await;
+    h.clock.advance(Duration::minutes(DUE));
+    fake.answer_refresh_of("rt-queued", Ok(tokens("at-queued-2", None, Some(3600))));
+
+    let started = h.app.start_due_refreshes().await.unwrap();
+    let ids: Vec<_> = started.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, vec![stuck, queued], "both claimed by one batch");
+    // The queued one holds the batch's lease while the stuck one holds the only slot.
+    assert!(h.store.connection(queued).refresh.lease.is_some());
+
+    let fetched = tokio::time::timeout(std::time::Duration::from_secs(5), fetch(&h.app, queued))
+        .await
+        .expect("the credentials call waited for its own process's queue");
+    assert_eq!(fetched.unwrap(), "at-queued-2");
+    assert_eq!(h.stored_tokens(queued).0, "at-queued-2");
+    assert!(h.store.connection(queued).refresh.lease.is_none());
+    for (id, handle) in started {
+        if id == stuck {
+            handle.abort();
+        }
+    }
+}
