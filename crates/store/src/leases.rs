@@ -204,18 +204,12 @@ impl RefreshLeaseStore for SeaStore {
         schedule: &RefreshSchedule,
         updated_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let g = grant_columns(Some(grant));
         let next_version = expected_version
             .checked_add(1)
             .ok_or_else(|| StoreError::Backend("connection version overflow".into()))?;
         let row = GrantSave {
             id: id.to_string(),
-            access_token: g.access_token,
-            refresh_token: g.refresh_token,
-            token_type: g.token_type,
-            scopes: g.scopes,
-            obtained_at: g.obtained_at,
-            expires_at: g.expires_at,
+            grant: grant_columns(Some(grant)),
             refresh_due_at: schedule.due_at.map(to_millis),
             refresh_failures: i64::from(schedule.failures),
             updated_at: to_millis(updated_at),

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use latchkey_ports::StoreError;
 
 use crate::backend;
+use crate::convert::GrantColumns;
 
 /// Rows per statement: 13 parameters each stays far below SQLite's limit of 32,766.
 const MAX_BATCH: usize = 500;
@@ -24,12 +25,7 @@ const MAX_BATCH: usize = 500;
 /// One refreshed grant to save, as column values.
 pub(crate) struct GrantSave {
     pub id: String,
-    pub access_token: Option<Vec<u8>>,
-    pub refresh_token: Option<Vec<u8>>,
-    pub token_type: Option<String>,
-    pub scopes: Option<String>,
-    pub obtained_at: Option<i64>,
-    pub expires_at: Option<i64>,
+    pub grant: GrantColumns,
     pub refresh_due_at: Option<i64>,
     pub refresh_failures: i64,
     pub updated_at: i64,
@@ -42,12 +38,12 @@ impl GrantSave {
     fn values(self) -> [Value; 13] {
         [
             self.id.into(),
-            self.access_token.into(),
-            self.refresh_token.into(),
-            self.token_type.into(),
-            self.scopes.into(),
-            self.obtained_at.into(),
-            self.expires_at.into(),
+            self.grant.access_token.into(),
+            self.grant.refresh_token.into(),
+            self.grant.token_type.into(),
+            self.grant.scopes.into(),
+            self.grant.obtained_at.into(),
+            self.grant.expires_at.into(),
             self.refresh_due_at.into(),
             self.refresh_failures.into(),
             self.updated_at.into(),
