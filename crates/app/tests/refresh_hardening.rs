@@ -154,21 +154,21 @@ async fn a_panicking_refresh_is_contained_counted_and_backs_off() {
 // 4. fairness
 // ---------------------------------------------------------------------------------------
 
-/// Hangs forever on every refresh whose token endpoint is on `hanging_host`; the rest is
-/// the [`FakeProvider`].
-struct HangingHost {
-    hanging_host: &'static str,
+/// Hangs forever on every refresh that `hangs` picks (a host, a refresh token); the rest
+/// is the [`FakeProvider`].
+struct Hanging {
+    hangs: fn(&RefreshExchange) -> bool,
     inner: Arc<FakeProvider>,
     hanging: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait]
-impl ProviderClient for HangingHost {
+impl ProviderClient for Hanging {
     async fn exchange_code(&self, r: CodeExchange) -> Result<TokenResponse, OAuthError> {
         self.inner.exchange_code(r).await
     }
     async fn refresh(&self, r: RefreshExchange) -> Result<TokenResponse, OAuthError> {
-        if r.token_endpoint.contains(self.hanging_host) {
+        if (self.hangs)(&r) {
             self.hanging.fetch_add(1, Ordering::SeqCst);
             std::future::pending::<()>().await;
         }
@@ -214,8 +214,8 @@ async fn connect_generic(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_host_cannot_hold_back_another_hosts_refresh() {
     let fake = Arc::new(FakeProvider::default());
-    let provider = Arc::new(HangingHost {
-        hanging_host: "slow.example",
+    let provider = Arc::new(Hanging {
+        hangs: |r| r.token_endpoint.contains("slow.example"),
         inner: fake.clone(),
         hanging: Default::default(),
     });
@@ -588,34 +588,6 @@ async fn only_a_confirmed_invalid_grant_expires_a_lapsed_grant() {
     ));
 }
 
-/// Hangs the refresh of one refresh token; everything else goes to `inner`.
-struct HangingToken {
-    token: &'static str,
-    inner: Arc<FakeProvider>,
-}
-
-#[async_trait]
-impl ProviderClient for HangingToken {
-    async fn exchange_code(&self, r: CodeExchange) -> Result<TokenResponse, OAuthError> {
-        self.inner.exchange_code(r).await
-    }
-    async fn refresh(&self, r: RefreshExchange) -> Result<TokenResponse, OAuthError> {
-        if r.refresh_token.expose_secret() == self.token {
-            std::future::pending::<()>().await;
-        }
-        self.inner.refresh(r).await
-    }
-    async fn revoke(&self, r: Revocation) -> Result<(), OAuthError> {
-        self.inner.revoke(r).await
-    }
-    async fn userinfo(&self, e: String, t: SecretString) -> Result<Value, OAuthError> {
-        self.inner.userinfo(e, t).await
-    }
-    async fn discover(&self, i: String) -> Result<DiscoveredMetadata, OAuthError> {
-        self.inner.discover(i).await
-    }
-}
-
 /// A cycle claims its due connections in one batch, and those behind a busy host wait
 /// in the queue holding the batch's lease. A credentials call in the same process that
 /// needs one of them refreshes it at once (it takes the claim over) instead of waiting
@@ -624,9 +596,10 @@ impl ProviderClient for HangingToken {
 async fn credentials_take_over_a_connection_queued_by_the_cycle() {
     let fake = Arc::new(FakeProvider::default());
     let h = harness_with_settings(
-        Arc::new(HangingToken {
-            token: "rt-stuck",
+        Arc::new(Hanging {
+            hangs: |r| r.refresh_token.expose_secret() == "rt-stuck",
             inner: fake.clone(),
+            hanging: Default::default(),
         }),
         Settings {
             refresh_concurrency: 1,
