@@ -6,19 +6,22 @@
 //!   every writer is covered, whatever code path it took. One listening connection per
 //!   process receives them. When it is lost, the feed reports an error (the cache stops
 //!   serving), reconnects, LISTENs again and only then reports `Resync`.
-//! - SQLite: one process should own the file. If several share it anyway, a dedicated
-//!   connection polls `PRAGMA data_version`, which moves when any other connection
-//!   commits, and reports `Resync` (drop everything): changes are seen within one poll
-//!   interval. An in-memory database cannot be shared, so it reports nothing after the
-//!   first `Resync`.
+//! - SQLite: one process should own the file. If several share it anyway, the store's
+//!   writer connection polls `PRAGMA data_version`, which moves when another connection
+//!   commits but not for its own commits, and reports `Resync` (drop everything):
+//!   another process's changes are seen within one poll interval, and this process's own
+//!   writes (which invalidate the cache as they are made) never drop the whole cache.
+//!   An in-memory database cannot be shared, so it reports nothing after the first
+//!   `Resync`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use latchkey_ports::{Change, ChangeFeed, StoreError};
 use sea_orm::sqlx::postgres::PgListener;
-use sea_orm::sqlx::sqlite::SqliteConnection;
-use sea_orm::sqlx::{Connection as _, Row as _};
+use sea_orm::sqlx::sqlite::SqlitePool;
+use sea_orm::sqlx::Row as _;
 use sea_orm::{ConnectionTrait, DbBackend, DbErr};
 use sea_orm_migration::prelude::*;
 use tokio::sync::Mutex;
@@ -27,7 +30,7 @@ use crate::SeaStore;
 
 /// The NOTIFY channel.
 pub(crate) const CHANNEL: &str = "latchkey_changes";
-/// How often a shared SQLite file is checked for other processes' commits.
+/// How often a SQLite file is checked for other processes' commits.
 const SQLITE_POLL: Duration = Duration::from_millis(200);
 
 /// Installs the PostgreSQL triggers that NOTIFY every committed change of a connection
@@ -145,12 +148,13 @@ impl ChangeFeed for PgChangeFeed {
     }
 }
 
-/// Watches a SQLite file for commits of other connections.
+/// Watches a SQLite file for commits made by other processes.
 pub struct SqliteChangeFeed {
-    options: Option<sea_orm::sqlx::sqlite::SqliteConnectOptions>,
-    /// The watching connection and the last `data_version` it saw.
-    state: Mutex<Option<(SqliteConnection, i64)>>,
-    announced: std::sync::atomic::AtomicBool,
+    /// The store's writer pool; `None` in memory.
+    writer: Option<SqlitePool>,
+    /// The next successful poll reports `Resync`: at the start, and after a failure
+    /// (the cache stops serving on an error and serves again after a `Resync`).
+    must_resync: AtomicBool,
 }
 
 impl std::fmt::Debug for SqliteChangeFeed {
@@ -159,49 +163,67 @@ impl std::fmt::Debug for SqliteChangeFeed {
     }
 }
 
-async fn data_version(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
-    let row = sea_orm::sqlx::query("PRAGMA data_version")
-        .fetch_one(&mut *conn)
+fn watch_failed(e: sea_orm::sqlx::Error) -> StoreError {
+    StoreError::Backend(format!("watching the database failed: {e}"))
+}
+
+/// Whether the database changed, as one of the writer's connections sees it, since the
+/// last poll that landed on that connection.
+///
+/// `PRAGMA data_version` moves when another connection commits, never for the
+/// connection's own commits, so polled on the writer it ignores this process's writes
+/// (the writer is the only connection of ours that writes) and sees every other
+/// process's. Its value means something only on the connection that read it, so the
+/// last value seen is kept in that connection's own TEMP table: a connection with no
+/// value yet (new, or replaced by the pool) reports a change.
+async fn poll_writer(pool: &SqlitePool) -> Result<bool, StoreError> {
+    let mut conn = pool.acquire().await.map_err(watch_failed)?;
+    sea_orm::sqlx::query(
+        "CREATE TEMP TABLE IF NOT EXISTS latchkey_change_feed \
+         (id INTEGER PRIMARY KEY, seen INTEGER NOT NULL)",
+    )
+    .execute(&mut *conn)
+    .await
+    .map_err(watch_failed)?;
+    let row = sea_orm::sqlx::query(
+        "SELECT data_version, (SELECT seen FROM temp.latchkey_change_feed WHERE id = 1) \
+         FROM pragma_data_version",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(watch_failed)?;
+    let version: i64 = row.try_get(0).map_err(watch_failed)?;
+    let seen: Option<i64> = row.try_get(1).map_err(watch_failed)?;
+    if seen == Some(version) {
+        return Ok(false);
+    }
+    sea_orm::sqlx::query("INSERT OR REPLACE INTO temp.latchkey_change_feed VALUES (1, ?)")
+        .bind(version)
+        .execute(&mut *conn)
         .await
-        .map_err(|e| StoreError::Backend(format!("watching the database failed: {e}")))?;
-    row.try_get::<i64, _>(0)
-        .map_err(|e| StoreError::Backend(format!("watching the database failed: {e}")))
+        .map_err(watch_failed)?;
+    Ok(true)
 }
 
 #[async_trait]
 impl ChangeFeed for SqliteChangeFeed {
     async fn next_change(&self) -> Result<Change, StoreError> {
-        let Some(options) = &self.options else {
+        let Some(writer) = &self.writer else {
             // In memory: no other process can write. One Resync, then nothing.
-            if self
-                .announced
-                .swap(true, std::sync::atomic::Ordering::SeqCst)
-            {
+            if !self.must_resync.swap(false, Ordering::SeqCst) {
                 std::future::pending::<()>().await;
             }
             return Ok(Change::Resync);
         };
-        let mut state = self.state.lock().await;
-        let Some((conn, seen)) = state.as_mut() else {
-            let mut conn = SqliteConnection::connect_with(options)
-                .await
-                .map_err(|e| StoreError::Backend(format!("cannot watch the database: {e}")))?;
-            let version = data_version(&mut conn).await?;
-            *state = Some((conn, version));
-            return Ok(Change::Resync);
-        };
         loop {
-            tokio::time::sleep(SQLITE_POLL).await;
-            match data_version(conn).await {
-                Ok(v) if v != *seen => {
-                    *seen = v;
-                    return Ok(Change::Resync);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    *state = None;
-                    return Err(e);
-                }
+            if !self.must_resync.load(Ordering::SeqCst) {
+                tokio::time::sleep(SQLITE_POLL).await;
+            }
+            let changed = poll_writer(writer).await.inspect_err(|_| {
+                self.must_resync.store(true, Ordering::SeqCst);
+            })?;
+            if self.must_resync.swap(false, Ordering::SeqCst) || changed {
+                return Ok(Change::Resync);
             }
         }
     }
@@ -216,13 +238,13 @@ impl SeaStore {
                 listener: Mutex::new(None),
             }),
             _ => {
-                let options = self.db.get_sqlite_connection_pool().connect_options();
-                let file = options.get_filename().to_string_lossy().into_owned();
+                let writer = self.writer.get_sqlite_connection_pool();
+                let options = writer.connect_options();
+                let file = options.get_filename().to_string_lossy();
                 let in_memory = file.is_empty() || file.contains(":memory:");
                 std::sync::Arc::new(SqliteChangeFeed {
-                    options: (!in_memory).then(|| (*options).clone()),
-                    state: Mutex::new(None),
-                    announced: Default::default(),
+                    writer: (!in_memory).then(|| writer.clone()),
+                    must_resync: AtomicBool::new(true),
                 })
             }
         }

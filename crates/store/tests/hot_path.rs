@@ -214,6 +214,20 @@ mod cases {
             let d = api_key("p1", "after");
             writer.insert_connection(&d, &created(&d)).await.unwrap();
             assert_eq!(next(&*feed).await, Change::Resync);
+
+            // The feed's own store writing (this process: its cache invalidates those
+            // records as it writes them) drops nothing for five polls...
+            let own = api_key("p1", "own");
+            reader
+                .insert_connection(&own, &created(&own))
+                .await
+                .unwrap();
+            reader.delete_connection(own.id).await.unwrap();
+            let quiet = tokio::time::timeout(Duration::from_secs(1), feed.next_change()).await;
+            assert!(quiet.is_err(), "own writes reported: {quiet:?}");
+            // ...while another process's write still is.
+            writer.delete_connection(d.id).await.unwrap();
+            assert_eq!(next(&*feed).await, Change::Resync);
         }
     }
 }
