@@ -55,6 +55,12 @@ use crate::entity::{access_keys, auth_sessions, connections as conn_e, meta, oau
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections of the SQLite read pool: reads overlap each other and the one writer (WAL).
 const SQLITE_READERS: u32 = 4;
+/// Rows a SQLite connection's worker thread may send ahead of the reader (sqlx's
+/// default is 50). Past it, the worker and the task reading hand off to each other every
+/// few rows, each hand-off a futex wake on both threads: a cycle's claim returns up to a
+/// few thousand rows. Every query here collects all its rows anyway, so a larger buffer
+/// holds nothing that would not be held a moment later.
+const SQLITE_ROW_BUFFER: usize = 4096;
 const POSTGRES_POOL_SIZE: u32 = 10;
 /// Arbitrary constant naming the advisory lock that serialises concurrent migrations
 /// (two servers starting at once) on PostgreSQL.
@@ -307,7 +313,8 @@ async fn connect_sqlite(url: &str, connections: u32) -> Result<DatabaseConnectio
         let o = o
             .foreign_keys(true)
             .busy_timeout(SQLITE_BUSY_TIMEOUT)
-            .synchronous(SqliteSynchronous::Normal);
+            .synchronous(SqliteSynchronous::Normal)
+            .row_buffer_size(SQLITE_ROW_BUFFER);
         if in_memory {
             o
         } else {
