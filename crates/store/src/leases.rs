@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use latchkey_domain::{Connection, ConnectionId, Grant, Lease, RefreshSchedule, Status};
 use latchkey_ports::{RefreshLeaseStore, StoreError};
-use sea_orm::sea_query::{Expr, Query};
+use sea_orm::sea_query::{Expr, Query, UpdateStatement};
 use sea_orm::ActiveValue::Set;
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder,
@@ -63,18 +63,24 @@ fn claim_batch_statement<'a>(
     } else {
         Condition::all().add(C::Status.eq(active))
     };
+    backend.build(&claim_update(
+        lease,
+        Condition::all()
+            .add(C::Id.is_in(ids))
+            .add(status)
+            .add(lease_free(now_ms)),
+    ))
+}
+
+/// `UPDATE connections SET lease_owner, lease_until WHERE <rows> RETURNING *`.
+fn claim_update(lease: &Lease, rows: Condition) -> UpdateStatement {
     let mut q = Query::update();
     q.table(connections::Entity)
         .value(C::LeaseOwner, lease.owner.as_str())
         .value(C::LeaseUntil, to_millis(lease.until))
-        .cond_where(
-            Condition::all()
-                .add(C::Id.is_in(ids))
-                .add(status)
-                .add(lease_free(now_ms)),
-        )
+        .cond_where(rows)
         .returning_all();
-    backend.build(&q)
+    q
 }
 
 fn parse_ids(ids: Vec<String>) -> Result<Vec<ConnectionId>, StoreError> {
@@ -144,17 +150,13 @@ impl RefreshLeaseStore for SeaStore {
         // the refresh path. A free row is tried first, then a lapsed lease, so that
         // taking over a crashed worker's lease is told apart (and counted).
         let claim = |free: Condition| {
-            let mut q = Query::update();
-            q.table(connections::Entity)
-                .value(C::LeaseOwner, lease.owner.as_str())
-                .value(C::LeaseUntil, to_millis(lease.until))
-                .cond_where(
-                    Condition::all()
-                        .add(C::Id.eq(id.as_str()))
-                        .add(C::Status.eq(Status::Active.as_str()))
-                        .add(free),
-                )
-                .returning_all();
+            let q = claim_update(
+                lease,
+                Condition::all()
+                    .add(C::Id.eq(id.as_str()))
+                    .add(C::Status.eq(Status::Active.as_str()))
+                    .add(free),
+            );
             let stmt = self.db.get_database_backend().build(&q);
             connections::Entity::find()
                 .from_raw_sql(stmt)
