@@ -14,19 +14,27 @@ pub const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct HotPath {
     app: Arc<Latchkey>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    follow: tokio::task::JoinHandle<()>,
+    flusher: tokio::task::JoinHandle<()>,
+    stop_flusher: tokio::sync::oneshot::Sender<()>,
 }
 
 impl HotPath {
     pub fn start(app: Arc<Latchkey>, cache: Arc<CachedStore>, feed: Arc<dyn ChangeFeed>) -> Self {
         let follow = tokio::spawn(cache.follow(feed));
+        let (stop_flusher, mut stop) = tokio::sync::oneshot::channel();
         let flusher = {
             let app = app.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(USAGE_FLUSH_INTERVAL);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
-                    tick.tick().await;
+                    // The stop is heard only between flushes: a flush is never cut off
+                    // halfway through its write.
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = &mut stop => return,
+                    }
                     if let Err(e) = app.flush_usage().await {
                         tracing::warn!(error = %e, "writing usage failed; kept for the next flush");
                     }
@@ -35,18 +43,19 @@ impl HotPath {
         };
         Self {
             app,
-            tasks: vec![follow, flusher],
+            follow,
+            flusher,
+            stop_flusher,
         }
     }
 
-    /// Stops the tasks and writes the usage still in memory (graceful shutdown).
+    /// Stops the tasks and writes the usage still in memory (graceful shutdown). The
+    /// flusher finishes the flush it is in before it stops.
     pub async fn shutdown(self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-        for t in self.tasks {
-            let _ = t.await;
-        }
+        self.follow.abort();
+        let _ = self.stop_flusher.send(());
+        let _ = self.flusher.await;
+        let _ = self.follow.await;
         match self.app.flush_usage().await {
             Ok(n) if n > 0 => tracing::info!(connections = n, "usage written at shutdown"),
             Ok(_) => {}

@@ -163,7 +163,8 @@ impl UsageBuffer {
 
 impl Latchkey {
     /// Writes the usage gathered since the last flush in one batch. On failure it stays
-    /// pending for the next flush. Returns how many connections it covered.
+    /// pending for the next flush; if this future is dropped mid-write, the next flush
+    /// writes it again. Returns how many connections it covered.
     pub async fn flush_usage(&self) -> Result<usize, AppError> {
         let buffer = &self.usage;
         let _one_at_a_time = buffer.flushing.lock().await;
@@ -171,7 +172,14 @@ impl Latchkey {
             // Moved under both locks, so a concurrent read sees it in one of the two.
             let mut gathering = lock(&buffer.gathering);
             let mut in_flight = lock(&buffer.in_flight);
-            *in_flight = std::mem::take(&mut *gathering);
+            // Left over only when an earlier flush was dropped while writing (its task
+            // aborted): merged, never overwritten. That write may or may not have
+            // committed, so such usage is written at least once rather than lost.
+            let mut batch = std::mem::take(&mut *in_flight);
+            for (id, p) in std::mem::take(&mut *gathering) {
+                batch.entry(id).or_default().merge(p);
+            }
+            *in_flight = batch;
             let mut last_used = Vec::with_capacity(in_flight.len());
             let mut flows = Vec::new();
             for (id, p) in in_flight.iter() {

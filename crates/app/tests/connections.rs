@@ -711,6 +711,117 @@ async fn credentials_record_the_usage_and_the_flow() {
     assert!(matches!(bad, AppError::Invalid(_)), "{bad:?}");
 }
 
+/// The fake's activity, except that writing usage waits at a gate first: a flush held
+/// in flight, to be cut off as an aborted task would be.
+struct HeldUsageWrites {
+    store: Arc<latchkey_ports::fake::FakeStore>,
+    gate: Arc<Gate>,
+}
+
+#[async_trait::async_trait]
+impl latchkey_ports::ActivityStore for HeldUsageWrites {
+    async fn record_usage(
+        &self,
+        id: ConnectionId,
+        flow: Option<latchkey_domain::FlowId>,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        self.store.record_usage(id, flow, at).await
+    }
+    async fn record_usages(
+        &self,
+        last_used: &[(ConnectionId, chrono::DateTime<chrono::Utc>)],
+        flows: &[latchkey_domain::Usage],
+    ) -> Result<(), StoreError> {
+        self.gate.entered.notify_one();
+        self.gate.release.notified().await;
+        self.store.record_usages(last_used, flows).await
+    }
+    async fn list_usages(
+        &self,
+        id: ConnectionId,
+        limit: u32,
+    ) -> Result<Vec<latchkey_domain::Usage>, StoreError> {
+        self.store.list_usages(id, limit).await
+    }
+    async fn count_usages(&self, id: ConnectionId) -> Result<u64, StoreError> {
+        self.store.count_usages(id).await
+    }
+    async fn list_events(
+        &self,
+        id: ConnectionId,
+        query: &latchkey_ports::EventQuery,
+    ) -> Result<latchkey_ports::EventPage, StoreError> {
+        self.store.list_events(id, query).await
+    }
+    async fn purge_events(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        batch: u32,
+    ) -> Result<u64, StoreError> {
+        self.store.purge_events(before, batch).await
+    }
+    async fn purge_usages(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        batch: u32,
+    ) -> Result<u64, StoreError> {
+        self.store.purge_usages(before, batch).await
+    }
+}
+
+#[tokio::test]
+async fn a_flush_cut_off_while_writing_loses_no_usage() {
+    let mut p = parts(mock_provider());
+    let gate = Arc::new(Gate::default());
+    p.services.activity = Arc::new(HeldUsageWrites {
+        store: p.store.clone(),
+        gate: gate.clone(),
+    });
+    let h = Harness {
+        app: Arc::new(Latchkey::new(p.services, settings())),
+        store: p.store,
+        cipher: p.cipher,
+        clock: p.clock,
+        entropy: p.entropy,
+    };
+    let c = h.create("k", "api_key", json!({"api_key": "sk-1"})).await;
+    h.app
+        .fetch_credentials(&admin(), c.id, Some("flow-1"))
+        .await
+        .unwrap();
+
+    // A flush in the middle of its write is aborted (as a stopping task is).
+    let app = h.app.clone();
+    let flush = tokio::spawn(async move { app.flush_usage().await });
+    gate.entered.notified().await;
+    flush.abort();
+    assert!(flush.await.unwrap_err().is_cancelled());
+    assert!(h.store.usages(c.id).is_empty(), "nothing was written");
+
+    // More use arrives; the next flush writes both.
+    h.clock.advance(chrono::Duration::minutes(1));
+    h.app
+        .fetch_credentials(&admin(), c.id, Some("flow-1"))
+        .await
+        .unwrap();
+    let app = h.app.clone();
+    let flush = tokio::spawn(async move { app.flush_usage().await });
+    gate.entered.notified().await;
+    gate.release.notify_one();
+    assert_eq!(flush.await.unwrap().unwrap(), 1);
+    let used = h.store.usages(c.id);
+    assert_eq!(used.len(), 1);
+    assert_eq!(
+        (used[0].count, used[0].first_used_at, used[0].last_used_at),
+        (2, t0(), t0() + chrono::Duration::minutes(1))
+    );
+    assert_eq!(
+        h.store.connection(c.id).last_used_at,
+        Some(t0() + chrono::Duration::minutes(1))
+    );
+}
+
 #[tokio::test]
 async fn credentials_of_an_incomplete_oauth_connection_are_refused() {
     let h = harness_with(mock_provider());
