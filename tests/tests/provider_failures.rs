@@ -456,3 +456,116 @@ async fn a_failing_provider_never_costs_a_reconsent_and_the_connection_recovers(
     drop(server);
     drop(pg);
 }
+
+// ---------------------------------------------------------------------------------------
+// A refresh, once started, is never cut off: a rotated refresh token survives a
+// graceful stop
+// ---------------------------------------------------------------------------------------
+
+/// A token endpoint that rotates strictly, as many providers do: each refresh token works
+/// once, and the old one is dead as soon as the new one is issued. The first refresh
+/// answers after `slow` (the rotation has happened by then). Counts what it rejects.
+async fn rotating_provider(mock: &MockServer, at: &str, slow: Duration) -> Arc<AtomicUsize> {
+    let rejected = Arc::new(AtomicUsize::new(0));
+    let r = rejected.clone();
+    let state = std::sync::Mutex::new((0usize, "rot-refresh-0".to_owned()));
+    Mock::given(method("POST"))
+        .and(path(at.to_owned()))
+        .respond_with(move |req: &Request| {
+            let mut s = state.lock().unwrap();
+            if grant_type(req) != "refresh_token" {
+                return token("rot-access-0".into(), s.1.clone(), 3);
+            }
+            let presented = url::form_urlencoded::parse(&req.body)
+                .find(|(k, _)| k == "refresh_token")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            if presented != s.1 {
+                r.fetch_add(1, Ordering::SeqCst);
+                return ResponseTemplate::new(400).set_body_json(json!({
+                    "error": "invalid_grant",
+                    "error_description": "refresh token already used",
+                }));
+            }
+            s.0 += 1;
+            s.1 = format!("rot-refresh-{}", s.0);
+            // The slow answer still brings 4 s of lifetime (it is counted from the
+            // request), so it is not due again the moment it arrives.
+            if s.0 == 1 {
+                token(
+                    format!("rot-access-{}", s.0),
+                    s.1.clone(),
+                    4 + slow.as_secs(),
+                )
+                .set_delay(slow)
+            } else {
+                token(format!("rot-access-{}", s.0), s.1.clone(), 3)
+            }
+        })
+        .mount(mock)
+        .await;
+    rejected
+}
+
+#[tokio::test]
+async fn a_graceful_stop_mid_refresh_keeps_the_rotated_grant() {
+    let mock = MockServer::start().await;
+    let rejected = rotating_provider(&mock, "/token-rotating", Duration::from_secs(3)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pg = PgDatabase::create("providerstop").unwrap();
+    let options = |dir: &std::path::Path| {
+        server_options(dir, pg.as_ref()).env("LATCHKEY_REFRESH_LEASE", "20s")
+    };
+    let mut server = LatchkeyServer::start(options(dir.path())).await.unwrap();
+    let api = Api::new(&server.base_url);
+    let (id, status) = api
+        .connect("rotating", &mock, "/token-rotating")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
+    // The background refresh is at the provider, which has rotated the token and takes
+    // 3 s to answer: stop the server now (SIGTERM).
+    poll(
+        "the first refresh reached the provider",
+        Duration::from_secs(30),
+        || async { Ok((refreshes_at(&mock, "/token-rotating").await >= 1).then_some(())) },
+    )
+    .await
+    .unwrap();
+    let stopping = Instant::now();
+    server.stop();
+    let stopped_in = stopping.elapsed();
+    let logs = server.logs();
+    assert!(
+        logs.contains("waiting for the refreshes in flight"),
+        "{logs}"
+    );
+    assert!(
+        stopped_in < Duration::from_secs(12),
+        "stopped by itself, not killed: {stopped_in:?}"
+    );
+
+    // Restarted, it refreshes with the rotated token it saved on the way out.
+    let server = LatchkeyServer::start(options(dir.path())).await.unwrap();
+    let api = Api::new(&server.base_url);
+    poll(
+        "two more refreshes after the restart",
+        Duration::from_secs(30),
+        || async { Ok((refreshes_at(&mock, "/token-rotating").await >= 3).then_some(())) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        rejected.load(Ordering::SeqCst),
+        0,
+        "a dead refresh token was presented"
+    );
+    let c = api.connection(&id).await.unwrap();
+    assert_eq!(c["status"], "active", "{c}");
+    assert!(c["last_error"].is_null(), "{c}");
+    let (status, _, body) = api.credentials(&id).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    drop(server);
+    drop(pg);
+}

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::{web, HttpServer};
 use anyhow::Context;
+use secrecy::ExposeSecret;
 
 use latchkey_app::{CachedStore, Latchkey, Services, Settings, DEFAULT_CACHE_CAPACITY};
 use latchkey_cipher::KeyRing;
@@ -36,7 +37,14 @@ pub struct Application {
     server: Server,
     jobs: Option<tokio::task::JoinHandle<()>>,
     hot_path: hot_path::HotPath,
+    app: Arc<Latchkey>,
+    /// How long a graceful stop waits for refreshes in flight.
+    refresh_drain: std::time::Duration,
 }
+
+/// Beyond the HTTP timeout (one provider call), what a refresh in flight at shutdown
+/// gets to save its result.
+const REFRESH_DRAIN_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -48,7 +56,7 @@ impl std::fmt::Debug for Application {
 
 /// Connects and migrates the database (for `latchkey migrate`).
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let store = SeaStore::connect(&config.database_url)
+    let store = SeaStore::connect(config.database_url.expose_secret())
         .await
         .context("connecting to the database")?;
     store.migrate().await.context("running migrations")?;
@@ -93,13 +101,16 @@ impl Application {
             .listen(listener)?
             .shutdown_timeout(10)
             .run();
-        let jobs = job_health.map(|health| jobs::spawn(app, config.refresh_interval, health));
+        let jobs =
+            job_health.map(|health| jobs::spawn(app.clone(), config.refresh_interval, health));
         tracing::info!(%addr, public_url = %config.public_url, "latchkey listening");
         Ok(Self {
             port: addr.port(),
             server,
             jobs,
             hot_path,
+            app,
+            refresh_drain: config.http_timeout.saturating_add(REFRESH_DRAIN_MARGIN),
         })
     }
 
@@ -110,6 +121,22 @@ impl Application {
     /// Serves until the server is stopped (SIGINT/SIGTERM).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let r = self.server.await;
+        // Refreshes first: one cut off between the provider's answer and the save would
+        // lose a rotated refresh token. Queued ones give their claims back.
+        let in_flight = self.app.refreshes_in_flight();
+        if in_flight > 0 {
+            tracing::info!(refreshes = in_flight, "waiting for the refreshes in flight");
+        }
+        if tokio::time::timeout(self.refresh_drain, self.app.stop_refreshes())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                refreshes = self.app.refreshes_in_flight(),
+                waited_ms = u64::try_from(self.refresh_drain.as_millis()).unwrap_or(u64::MAX),
+                "refreshes still in flight at shutdown were cut off: a provider that rotates refresh tokens may have spent the stored one; their leases lapse and another worker retries them"
+            );
+        }
         if let Some(j) = self.jobs {
             j.abort();
         }
@@ -243,12 +270,12 @@ pub fn wire_with_cache(
 
 /// Connects to the database and migrates it.
 pub async fn open_store(config: &Config) -> anyhow::Result<SeaStore> {
-    let store = SeaStore::connect(&config.database_url)
+    let store = SeaStore::connect(config.database_url.expose_secret())
         .await
         .with_context(|| {
             format!(
                 "connecting to the database at {}",
-                redact_url(&config.database_url)
+                redact_url(config.database_url.expose_secret())
             )
         })?;
     store

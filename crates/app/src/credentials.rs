@@ -1,6 +1,7 @@
 //! Handing out the usable secret of a connection to a workflow execution.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
@@ -50,7 +51,7 @@ impl Latchkey {
     /// margin are refreshed first. Records the use (and the flow, when named) in memory,
     /// for the next [`Latchkey::flush_usage`].
     pub async fn fetch_credentials(
-        &self,
+        self: &Arc<Self>,
         principal: &Principal,
         id: ConnectionId,
         flow: Option<&str>,

@@ -19,6 +19,7 @@ mod refresh;
 mod refresh_cycle;
 mod refresh_on_demand;
 mod refresh_save;
+mod refresh_tasks;
 mod seal;
 mod telemetry;
 mod tokens;
@@ -137,6 +138,8 @@ pub struct Latchkey {
     slots: refresh_cycle::RefreshSlots,
     /// Usage gathered on the credentials path, written by `flush_usage`.
     usage: usage::UsageBuffer,
+    /// Every refresh runs as one of these tasks, which no caller can cut off.
+    refresh_tasks: refresh_tasks::RefreshTasks,
 }
 
 impl Latchkey {
@@ -152,6 +155,7 @@ impl Latchkey {
             refresh_locks: Default::default(),
             discovery: Default::default(),
             usage: Default::default(),
+            refresh_tasks: refresh_tasks::RefreshTasks::new(),
         }
     }
 

@@ -132,6 +132,9 @@ impl Latchkey {
     pub async fn start_due_refreshes(
         self: &Arc<Self>,
     ) -> Result<Vec<(ConnectionId, tokio::task::JoinHandle<RefreshOutcome>)>, AppError> {
+        if self.refresh_tasks.stopping() {
+            return Ok(Vec::new());
+        }
         let now = self.now();
         let lease = Lease {
             owner: self.new_lease_owner(),
@@ -154,7 +157,9 @@ impl Latchkey {
             self.slots.queued().insert(id, lease.owner.clone());
             let app = self.clone();
             let lease = lease.clone();
-            let handle = tokio::spawn(async move { app.background_refresh(c, lease).await });
+            let handle = self
+                .refresh_tasks
+                .spawn(async move { app.background_refresh(c, lease).await });
             started.push((id, handle));
         }
         Ok(started)
@@ -253,19 +258,31 @@ impl Latchkey {
     ) -> Result<RefreshOutcome, AppError> {
         let id = claimed.id;
         let host = self.slots.host(&provider_host(&claimed));
-        // The semaphores are never closed, so acquiring cannot fail.
-        let _host_slot = host
-            .acquire()
-            .await
-            .map_err(|_| AppError::Internal("refresh slots closed".into()))?;
-        let _slot = self
-            .slots
-            .total
-            .acquire()
-            .await
-            .map_err(|_| AppError::Internal("refresh slots closed".into()))?;
         let lock = self.lock_for(id);
-        let _guard = lock.lock().await;
+        let turn = async {
+            // The semaphores are never closed, so acquiring cannot fail.
+            let host_slot = host.acquire().await;
+            let slot = self.slots.total.acquire().await;
+            let guard = lock.lock().await;
+            (host_slot, slot, guard)
+        };
+        let turn = tokio::select! {
+            biased;
+            () = self.refresh_tasks.stopped() => None,
+            turn = turn => Some(turn),
+        };
+        let Some((host_slot, slot, _guard)) = turn else {
+            // Stopping before its turn came: the claim goes back for another worker (or
+            // this one after its restart) instead of lapsing with the lease.
+            if self.slots.take_queued(id).is_some() {
+                self.drop_lease(id, &lease.owner).await;
+            }
+            return Ok(RefreshOutcome::NotDue);
+        };
+        let (_host_slot, _slot) = (
+            host_slot.map_err(|_| AppError::Internal("refresh slots closed".into()))?,
+            slot.map_err(|_| AppError::Internal("refresh slots closed".into()))?,
+        );
         if self.slots.take_queued(id).is_none() {
             // Taken over meanwhile by a caller that refreshed it (or found it fresh).
             return Ok(RefreshOutcome::NotDue);

@@ -1,6 +1,9 @@
 //! Credentials on demand: the access token of an active connection, refreshed first
 //! when due. Callers in this process share one refresh (the per-connection lock); a
-//! refresh running in another process is waited for rather than duplicated.
+//! refresh running in another process is waited for rather than duplicated. The refresh
+//! itself runs as a task that finishes even if the caller goes away.
+
+use std::sync::Arc;
 
 use secrecy::SecretString;
 
@@ -19,7 +22,10 @@ const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Latchkey {
     /// The access token of an active connection, refreshed first when due.
-    pub(crate) async fn oauth_credentials(&self, c: Connection) -> Result<Credentials, AppError> {
+    pub(crate) async fn oauth_credentials(
+        self: &Arc<Self>,
+        c: Connection,
+    ) -> Result<Credentials, AppError> {
         let mut c = check_usable(c)?;
         if self.settings.refresh.wants_refresh(&c, self.now()) {
             let lock = self.lock_for(c.id);
@@ -29,7 +35,7 @@ impl Latchkey {
             if self.settings.refresh.wants_refresh(&c, self.now()) {
                 let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER_REFRESH;
                 let owner = self.new_lease_owner();
-                let mut outcome = self.refresh_locked(c.id, false, &owner).await;
+                let mut outcome = self.refresh_to_the_end(c.id, &owner).await;
                 // Busy: another process is refreshing. Wait for its grant; if it died (its
                 // lease lapsed) or gave up without one, the refresh is still to be done:
                 // claim again. Busy calls no provider, so this stays one refresh at most.
@@ -46,7 +52,7 @@ impl Latchkey {
                         && lease_gone
                         && self.settings.refresh.wants_refresh(&c, self.now())
                     {
-                        self.refresh_locked(c.id, false, &owner).await
+                        self.refresh_to_the_end(c.id, &owner).await
                     } else {
                         Ok(RefreshOutcome::NotDue)
                     };
@@ -109,6 +115,21 @@ impl Latchkey {
             expires_at: grant.expires_at,
             scopes: grant.scopes.clone(),
         })
+    }
+
+    /// `refresh_locked` as a refresh task (see `refresh_tasks`): what the provider
+    /// answered is saved even if this caller goes away meanwhile (its client hung up).
+    async fn refresh_to_the_end(
+        self: &Arc<Self>,
+        id: ConnectionId,
+        owner: &str,
+    ) -> Result<RefreshOutcome, AppError> {
+        let app = Arc::clone(self);
+        let owner = owner.to_owned();
+        self.refresh_tasks
+            .spawn(async move { app.refresh_locked(id, false, &owner).await })
+            .await
+            .map_err(|e| AppError::Internal(format!("the refresh task ended abnormally: {e}")))?
     }
 
     async fn reload(&self, id: ConnectionId) -> Result<Connection, AppError> {

@@ -89,7 +89,7 @@ fn cached(capacity: usize) -> Cached {
     }
 }
 
-async fn api_key_of(app: &Latchkey, id: latchkey_domain::ConnectionId) -> String {
+async fn api_key_of(app: &Arc<Latchkey>, id: latchkey_domain::ConnectionId) -> String {
     match app.fetch_credentials(&admin(), id, None).await.unwrap() {
         Credentials::ApiKey { api_key } => api_key.expose_secret().to_owned(),
         other => panic!("{other:?}"),

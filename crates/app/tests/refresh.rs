@@ -33,7 +33,7 @@ async fn google(h: &Harness, p: &FakeProvider, name: &str, refresh: Option<&str>
 /// Past the due time (t0 + 55 min) but before expiry (t0 + 60 min).
 const DUE: i64 = 56;
 
-async fn fetch(app: &Latchkey, id: ConnectionId) -> Result<String, AppError> {
+async fn fetch(app: &Arc<Latchkey>, id: ConnectionId) -> Result<String, AppError> {
     app.fetch_credentials(&admin(), id, Some("flow-1"))
         .await
         .map(|c| access_token(&c))

@@ -36,7 +36,7 @@ async fn google(h: &Harness, p: &FakeProvider, name: &str, refresh: Option<&str>
     .await
 }
 
-async fn fetch(app: &Latchkey, id: ConnectionId) -> Result<String, AppError> {
+async fn fetch(app: &Arc<Latchkey>, id: ConnectionId) -> Result<String, AppError> {
     app.fetch_credentials(&admin(), id, Some("flow-1"))
         .await
         .map(|c| access_token(&c))
@@ -630,4 +630,104 @@ async fn credentials_take_over_a_connection_queued_by_the_cycle() {
             handle.abort();
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. a refresh, once started, is never cut off
+// ---------------------------------------------------------------------------------------
+
+/// A provider that rotates refresh tokens has already spent the old one when it answers:
+/// a refresh dropped before the save (its caller's client hung up) would cost the grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_goes_away_mid_refresh_still_gets_the_rotated_grant_saved() {
+    let (h, p) = harness();
+    let id = google(&h, &p, "a", Some("rt-1")).await;
+    h.clock.advance(Duration::minutes(DUE));
+    let gate = p.gate_refresh();
+    p.push_refresh(Ok(tokens("at-2", Some("rt-2"), Some(3600))));
+
+    let app = h.app.clone();
+    let caller = tokio::spawn(async move { fetch(&app, id).await });
+    gate.entered.notified().await;
+    // The client hangs up: its request, and so this future, is dropped.
+    caller.abort();
+    assert!(caller.await.unwrap_err().is_cancelled());
+    gate.release.notify_one();
+    // Waits for the refresh task, which the caller's going away did not stop.
+    tokio::time::timeout(std::time::Duration::from_secs(5), h.app.stop_refreshes())
+        .await
+        .expect("the refresh task ended");
+
+    assert_eq!(h.stored_tokens(id), ("at-2".into(), Some("rt-2".into())));
+    assert_eq!(p.refresh_calls.load(Ordering::SeqCst), 1);
+    let c = h.store.connection(id);
+    assert_eq!((c.status(), c.refresh.lease), (Status::Active, None));
+}
+
+/// Shutdown: the refresh running finishes and saves; the one queued behind it gives its
+/// claim back at once (no provider call, no lease left to lapse); no new cycle claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_waits_for_running_refreshes_and_gives_queued_claims_back() {
+    let fake = Arc::new(FakeProvider::default());
+    let h = harness_with_settings(
+        fake.clone(),
+        Settings {
+            refresh_concurrency: 1,
+            refresh_concurrency_per_host: 1,
+            ..settings()
+        },
+    );
+    let running = google(&h, &fake, "running", Some("rt-running")).await;
+    h.clock.advance(Duration::seconds(1));
+    let queued = google(&h, &fake, "queued", Some("rt-queued")).await;
+    h.clock.advance(Duration::minutes(DUE));
+    let gate = fake.gate_refresh();
+    fake.push_refresh(Ok(tokens("at-running-2", Some("rt-running-2"), Some(3600))));
+
+    let started = h.app.start_due_refreshes().await.unwrap();
+    assert_eq!(started.len(), 2);
+    gate.entered.notified().await;
+    assert_eq!(h.app.refreshes_in_flight(), 2);
+
+    let app = h.app.clone();
+    let stop = tokio::spawn(async move { app.stop_refreshes().await });
+    assert!(
+        eventually(|| h.store.connection(queued).refresh.lease.is_none()).await,
+        "the queued claim was given back"
+    );
+    assert!(
+        !stop.is_finished(),
+        "the stop waits for the running refresh"
+    );
+    assert!(h.app.start_due_refreshes().await.unwrap().is_empty());
+    assert!(h.store.connection(running).refresh.lease.is_some());
+
+    gate.release.notify_one();
+    tokio::time::timeout(std::time::Duration::from_secs(5), stop)
+        .await
+        .expect("the stop ended once the refresh saved")
+        .unwrap();
+    assert_eq!(h.app.refreshes_in_flight(), 0);
+    assert_eq!(
+        h.stored_tokens(running),
+        ("at-running-2".into(), Some("rt-running-2".into()))
+    );
+    assert_eq!(h.store.connection(running).refresh.lease, None);
+    assert_eq!(
+        h.stored_tokens(queued),
+        ("at-queued".into(), Some("rt-queued".into())),
+        "the queued one was not refreshed"
+    );
+    assert_eq!(fake.refresh_calls.load(Ordering::SeqCst), 1);
+    let mut outcomes = Vec::new();
+    for (id, handle) in started {
+        outcomes.push((id, handle.await.unwrap()));
+    }
+    assert_eq!(
+        outcomes,
+        [
+            (running, RefreshOutcome::Refreshed),
+            (queued, RefreshOutcome::NotDue)
+        ]
+    );
 }

@@ -39,7 +39,8 @@ fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub database_url: String,
+    /// A secret: it may carry the database password (redacted in `Debug`).
+    pub database_url: SecretString,
     /// The externally visible base URL, without a trailing slash.
     pub public_url: url::Url,
     /// `id:base64` entries; `None` means use or create the key file in `data_dir`.
@@ -158,7 +159,7 @@ impl Config {
         }
         Ok(Self {
             listen,
-            database_url,
+            database_url: SecretString::from(database_url),
             public_url,
             master_keys: get("LATCHKEY_MASTER_KEYS").map(SecretString::from),
             data_dir,
@@ -258,6 +259,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -267,10 +269,31 @@ mod tests {
     }
 
     #[test]
+    fn the_debug_form_holds_no_secret() {
+        let c = Config::from_vars(&vars(&[
+            (
+                "LATCHKEY_DATABASE_URL",
+                "postgres://latchkey:db-pass-4711@127.0.0.1:5432/latchkey",
+            ),
+            ("LATCHKEY_ADMIN_TOKEN", "admin-tok-4711-long-enough"),
+            (
+                "LATCHKEY_MASTER_KEYS",
+                "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            ),
+        ]))
+        .unwrap();
+        let shown = format!("{c:?}");
+        for secret in ["db-pass-4711", "admin-tok-4711", "AAAAAAAA"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("127.0.0.1:8080"), "{shown}");
+    }
+
+    #[test]
     fn defaults() {
         let c = Config::from_vars(&vars(&[])).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-        assert!(c.database_url.starts_with("sqlite://"));
+        assert!(c.database_url.expose_secret().starts_with("sqlite://"));
         assert_eq!(
             c.callback_url(),
             "http://127.0.0.1:8080/v1/connections/oauth2/callback"
