@@ -62,12 +62,12 @@ impl Cached {
 
 fn cached(capacity: usize) -> Cached {
     let p = parts(Arc::new(MockProviderClient::new()));
+    let mut p = p;
     let cache = Arc::new(CachedStore::new(p.store.clone(), capacity));
-    let mut services = p.services;
-    services.connections = cache.clone();
-    services.activity = cache.clone();
-    services.leases = cache.clone();
-    services.keys = cache.clone();
+    p.services.connections = cache.clone();
+    p.services.activity = cache.clone();
+    p.services.leases = cache.clone();
+    p.services.keys = cache.clone();
     let (tx, rx) = mpsc::unbounded_channel();
     let feed = Arc::new(ScriptedFeed {
         rx: Mutex::new(rx),
@@ -75,13 +75,7 @@ fn cached(capacity: usize) -> Cached {
     });
     tokio::spawn(cache.clone().follow(feed.clone()));
     Cached {
-        h: Harness {
-            app: Arc::new(Latchkey::new(services, settings())),
-            store: p.store,
-            cipher: p.cipher,
-            clock: p.clock,
-            entropy: p.entropy,
-        },
+        h: Harness::from_parts(p, settings()),
         cache,
         feed,
         tx,

@@ -778,13 +778,7 @@ async fn a_flush_cut_off_while_writing_loses_no_usage() {
         store: p.store.clone(),
         gate: gate.clone(),
     });
-    let h = Harness {
-        app: Arc::new(Latchkey::new(p.services, settings())),
-        store: p.store,
-        cipher: p.cipher,
-        clock: p.clock,
-        entropy: p.entropy,
-    };
+    let h = Harness::from_parts(p, settings());
     let c = h.create("k", "api_key", json!({"api_key": "sk-1"})).await;
     h.app
         .fetch_credentials(&admin(), c.id, Some("flow-1"))

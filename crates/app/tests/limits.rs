@@ -11,8 +11,8 @@ use chrono::Duration;
 use serde_json::json;
 
 use latchkey_app::{
-    AppError, CallbackParams, CreateConnection, CreateOAuthClient, Latchkey, ListFilter,
-    UpdateConnection, INTERNAL_ERROR_MESSAGE, USED_BY_LIMIT,
+    AppError, CallbackParams, CreateConnection, CreateOAuthClient, ListFilter, UpdateConnection,
+    INTERNAL_ERROR_MESSAGE, USED_BY_LIMIT,
 };
 use latchkey_domain::{DomainError, Status};
 use latchkey_ports::EventPage;
@@ -26,16 +26,7 @@ fn capped(cap: u64) -> (Harness, Arc<FakeProvider>) {
         max_connections_per_project: cap,
         ..settings()
     };
-    (
-        Harness {
-            app: Arc::new(Latchkey::new(p.services, settings)),
-            store: p.store,
-            cipher: p.cipher,
-            clock: p.clock,
-            entropy: p.entropy,
-        },
-        provider,
-    )
+    (Harness::from_parts(p, settings), provider)
 }
 
 #[tokio::test]

@@ -50,14 +50,31 @@ fn transient() -> Result<TokenResponse, OAuthError> {
 }
 
 fn harness_with_settings(provider: Arc<dyn ProviderClient>, settings: Settings) -> Harness {
-    let p = parts(provider);
-    Harness {
-        app: Arc::new(Latchkey::new(p.services, settings)),
-        store: p.store,
-        cipher: p.cipher,
-        clock: p.clock,
-        entropy: p.entropy,
+    Harness::from_parts(parts(provider), settings)
+}
+
+/// One background refresh at a time: a second due connection waits in the queue.
+fn one_slot() -> Settings {
+    Settings {
+        refresh_concurrency: 1,
+        refresh_concurrency_per_host: 1,
+        ..settings()
     }
+}
+
+/// Two Google connections (refresh tokens `rt-<name>`), both due now, `first` with the
+/// earlier deadline.
+async fn first_and_second_due(
+    h: &Harness,
+    p: &FakeProvider,
+    first: &str,
+    second: &str,
+) -> (ConnectionId, ConnectionId) {
+    let a = google(h, p, first, Some(&format!("rt-{first}"))).await;
+    h.clock.advance(Duration::seconds(1));
+    let b = google(h, p, second, Some(&format!("rt-{second}"))).await;
+    h.clock.advance(Duration::minutes(DUE));
+    (a, b)
 }
 
 /// Waits (on real time, bounded) until `cond` holds; `false` if it never did.
@@ -601,16 +618,9 @@ async fn credentials_take_over_a_connection_queued_by_the_cycle() {
             inner: fake.clone(),
             hanging: Default::default(),
         }),
-        Settings {
-            refresh_concurrency: 1,
-            refresh_concurrency_per_host: 1,
-            ..settings()
-        },
+        one_slot(),
     );
-    let stuck = google(&h, &fake, "stuck", Some("rt-stuck")).await;
-    h.clock.advance(Duration::seconds(1));
-    let queued = google(&h, &fake, "queued", Some("rt-queued")).await;
-    h.clock.advance(Duration::minutes(DUE));
+    let (stuck, queued) = first_and_second_due(&h, &fake, "stuck", "queued").await;
     fake.answer_refresh_of("rt-queued", Ok(tokens("at-queued-2", None, Some(3600))));
 
     let started = h.app.start_due_refreshes().await.unwrap();
@@ -669,18 +679,8 @@ async fn a_caller_that_goes_away_mid_refresh_still_gets_the_rotated_grant_saved(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_waits_for_running_refreshes_and_gives_queued_claims_back() {
     let fake = Arc::new(FakeProvider::default());
-    let h = harness_with_settings(
-        fake.clone(),
-        Settings {
-            refresh_concurrency: 1,
-            refresh_concurrency_per_host: 1,
-            ..settings()
-        },
-    );
-    let running = google(&h, &fake, "running", Some("rt-running")).await;
-    h.clock.advance(Duration::seconds(1));
-    let queued = google(&h, &fake, "queued", Some("rt-queued")).await;
-    h.clock.advance(Duration::minutes(DUE));
+    let h = harness_with_settings(fake.clone(), one_slot());
+    let (running, queued) = first_and_second_due(&h, &fake, "running", "queued").await;
     let gate = fake.gate_refresh();
     fake.push_refresh(Ok(tokens("at-running-2", Some("rt-running-2"), Some(3600))));
 

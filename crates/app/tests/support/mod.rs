@@ -434,15 +434,21 @@ pub fn parts(provider: Arc<dyn ProviderClient>) -> Parts {
     }
 }
 
-pub fn harness_with(provider: Arc<dyn ProviderClient>) -> Harness {
-    let p = parts(provider);
-    Harness {
-        app: Arc::new(Latchkey::new(p.services, settings())),
-        store: p.store,
-        cipher: p.cipher,
-        clock: p.clock,
-        entropy: p.entropy,
+impl Harness {
+    /// The app over `p`'s fakes (some of which a test may have replaced), with `settings`.
+    pub fn from_parts(p: Parts, settings: Settings) -> Self {
+        Harness {
+            app: Arc::new(Latchkey::new(p.services, settings)),
+            store: p.store,
+            cipher: p.cipher,
+            clock: p.clock,
+            entropy: p.entropy,
+        }
     }
+}
+
+pub fn harness_with(provider: Arc<dyn ProviderClient>) -> Harness {
+    Harness::from_parts(parts(provider), settings())
 }
 
 /// A harness over a [`FakeProvider`].
