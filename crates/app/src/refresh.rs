@@ -80,16 +80,21 @@ impl Latchkey {
     }
 
     /// Refreshes one connection if it is due (or `force`), holding the lease while the
-    /// provider is called.
+    /// provider is called. Runs as a refresh task: it saves what the provider answered
+    /// even if this caller goes away (see `refresh_tasks`).
     pub async fn refresh_connection(
-        &self,
+        self: &Arc<Self>,
         id: ConnectionId,
         force: bool,
     ) -> Result<RefreshOutcome, AppError> {
-        let lock = self.lock_for(id);
-        let _guard = lock.lock().await;
-        let owner = self.new_lease_owner();
-        self.refresh_locked(id, force, &owner).await
+        let app = Arc::clone(self);
+        self.refresh_to_the_end(async move {
+            let lock = app.lock_for(id);
+            let _guard = lock.lock().await;
+            let owner = app.new_lease_owner();
+            app.refresh_locked(id, force, &owner).await
+        })
+        .await
     }
 
     /// Gives the lease back with a schedule and error for the grant that was claimed. If

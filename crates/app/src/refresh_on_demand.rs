@@ -35,7 +35,7 @@ impl Latchkey {
             if self.settings.refresh.wants_refresh(&c, self.now()) {
                 let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER_REFRESH;
                 let owner = self.new_lease_owner();
-                let mut outcome = self.refresh_to_the_end(c.id, &owner).await;
+                let mut outcome = self.refresh_locked_to_the_end(c.id, &owner).await;
                 // Busy: another process is refreshing. Wait for its grant; if it died (its
                 // lease lapsed) or gave up without one, the refresh is still to be done:
                 // claim again. Busy calls no provider, so this stays one refresh at most.
@@ -52,7 +52,7 @@ impl Latchkey {
                         && lease_gone
                         && self.settings.refresh.wants_refresh(&c, self.now())
                     {
-                        self.refresh_to_the_end(c.id, &owner).await
+                        self.refresh_locked_to_the_end(c.id, &owner).await
                     } else {
                         Ok(RefreshOutcome::NotDue)
                     };
@@ -117,19 +117,17 @@ impl Latchkey {
         })
     }
 
-    /// `refresh_locked` as a refresh task (see `refresh_tasks`): what the provider
-    /// answered is saved even if this caller goes away meanwhile (its client hung up).
-    async fn refresh_to_the_end(
+    /// `refresh_locked` as a refresh task: what the provider answered is saved even if
+    /// this caller goes away meanwhile (its client hung up).
+    async fn refresh_locked_to_the_end(
         self: &Arc<Self>,
         id: ConnectionId,
         owner: &str,
     ) -> Result<RefreshOutcome, AppError> {
         let app = Arc::clone(self);
         let owner = owner.to_owned();
-        self.refresh_tasks
-            .spawn(async move { app.refresh_locked(id, false, &owner).await })
+        self.refresh_to_the_end(async move { app.refresh_locked(id, false, &owner).await })
             .await
-            .map_err(|e| AppError::Internal(format!("the refresh task ended abnormally: {e}")))?
     }
 
     async fn reload(&self, id: ConnectionId) -> Result<Connection, AppError> {

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::Latchkey;
+use crate::{AppError, Latchkey, RefreshOutcome};
 
 #[derive(Debug)]
 pub(crate) struct RefreshTasks {
@@ -69,6 +69,18 @@ impl Latchkey {
         self.refresh_tasks.stop.cancel();
         self.refresh_tasks.tracker.close();
         self.refresh_tasks.tracker.wait().await;
+    }
+
+    /// Runs `refresh` as a refresh task and waits for it: dropping this future does not
+    /// stop the refresh.
+    pub(crate) async fn refresh_to_the_end<F>(&self, refresh: F) -> Result<RefreshOutcome, AppError>
+    where
+        F: Future<Output = Result<RefreshOutcome, AppError>> + Send + 'static,
+    {
+        self.refresh_tasks
+            .spawn(refresh)
+            .await
+            .map_err(|e| AppError::Internal(format!("the refresh task ended abnormally: {e}")))?
     }
 
     /// How many refresh tasks are queued or running.

@@ -318,7 +318,7 @@ fn answer_refresh(
 }
 
 async fn refresh(m: Mocks) -> RefreshOutcome {
-    let app = m.app();
+    let app = Arc::new(m.app());
     app.refresh_connection(id(), false).await.unwrap()
 }
 
